@@ -1,0 +1,1 @@
+"""Agents: experts, stable-baselines3 training, imitation and closed-loop evaluation."""

@@ -1,0 +1,1 @@
+"""Hydra configs of the ``mirage`` command (one YAML per sub-command)."""

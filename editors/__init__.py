@@ -1,0 +1,1 @@
+"""The driving asset editor: inserts vehicles and pedestrians into generated frames."""

@@ -1,0 +1,1 @@
+"""Mirage Env: Gymnasium environments rendered by a video world model."""
