@@ -30,6 +30,28 @@ LANE_CHANGE_LENGTH_M = 8.0  # [m] distance travelled while changing lane
 LANE_CHANGE_PENALTY_M = 10.0  # [m] extra route cost of one lane change (prefer staying in lane)
 
 
+def load_road_map(spec: str | Path) -> RoadMap:
+    """A map from a spec: the name of an embedded map (``"Town01"``), ``"town:<seed>"`` for a
+    procedural town, or the path of an ``.xodr`` file."""
+    spec = str(spec)
+    if spec.startswith("town:"):
+        from mirage_env.towns import generate_town
+
+        try:
+            seed = int(spec.split(":", 1)[1])
+        except ValueError as error:
+            raise ValueError(f"procedural town spec must be 'town:<integer seed>', got {spec!r}") from error
+        return RoadMap.from_xodr(generate_town(seed), name=f"town_{seed}", source=spec)
+    embedded = Path(str(resources.files("mirage_env") / "maps" / f"{spec}.xodr"))
+    if embedded.is_file():
+        return RoadMap.from_file(embedded)
+    if not spec.endswith(".xodr") and not Path(spec).exists():
+        raise FileNotFoundError(
+            f"unknown map {spec!r}: give an embedded map name (Town01), 'town:<seed>' or an .xodr file path"
+        )
+    return RoadMap.from_file(spec)
+
+
 def embedded_map_path(name: str = "Town01") -> Path:
     """Path of a map shipped inside the package (``Town01``)."""
     path = Path(str(resources.files("mirage_env") / "maps" / f"{name}.xodr"))
@@ -214,6 +236,25 @@ class RoadMap:
         for i, (a, b) in enumerate(zip(path[:-1], path[1:])):
             change[i + 1] = self.graph.edges[a, b]["kind"] != "follow"
         return Route(self.node_xy[path].copy(), self.node_yaw[path].copy(), change, self.name)
+
+    def random_route(self, rng: np.random.Generator, min_length_m: float = 150.0,
+                     max_length_m: float = 400.0, attempts: int = 200) -> Route:
+        """A route between random spawn points whose length lies in [min, max] [m]."""
+        spawns = self.spawn_points()
+        best: Route | None = None
+        for _ in range(attempts):
+            i, j = rng.choice(len(spawns), size=2, replace=False)
+            try:
+                route = self.plan_route(spawns[i, :2], spawns[j, :2], start_yaw=spawns[i, 2])
+            except ValueError:
+                continue
+            if min_length_m <= route.length <= max_length_m:
+                return route
+            if best is None or abs(route.length - min_length_m) < abs(best.length - min_length_m):
+                best = route
+        if best is None:
+            raise ValueError(f"no connected pair of spawn points found in {self.name!r}")
+        return best
 
     def waypoint_at(self, xy, lane_type: carla.LaneType = carla.LaneType.Driving):
         """libcarla waypoint of the lane of ``lane_type`` containing ``xy``, or None off it."""

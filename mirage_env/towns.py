@@ -48,6 +48,7 @@ IRREGULAR_REMOVED_EDGES_RANGE: tuple[int, int] = (1, 3)
 IRREGULAR_JITTER_FRACTION = 0.15  # of the smallest block size
 ARM_SKEW_RANGE_RAD: tuple[float, float] = (math.radians(8.0), math.radians(22.0))
 MIN_ARM_SEPARATION_RAD = math.radians(55.0)
+MIN_SKEW_RAD = math.radians(4.0)  # smaller skews are dropped when relaxing a curve
 
 # --- cross-section ------------------------------------------------------------------
 LANE_COUNT_CHOICES: tuple[int, ...] = (1, 2, 3)
@@ -72,6 +73,8 @@ SAMPLE_SPACING_M = 2.0
 TOWN_SCALE_STEP = 1.1
 MAX_GEOMETRY_ATTEMPTS = 30
 ZERO_CURVATURE = 1e-9  # what scenariogeneration's junction creator uses for "straight" ends
+MIN_SPIRAL_CURVATURE_RATE = 1e-5  # 1/m^2; slower-changing spirals are written as arcs
+MIN_ARC_CURVATURE = 1e-6  # 1/m; flatter arcs are written as lines
 
 # --- movements in junctions ---------------------------------------------------------
 STRAIGHT_MOVEMENT_MAX_TURN_RAD = math.radians(50.0)
@@ -303,6 +306,31 @@ class Street:
         """True if the street passes through bend nodes."""
         return len(self.nodes) > 2
 
+    @property
+    def is_skewed(self) -> bool:
+        """True if an end heading is perturbed, i.e. the street is drawn as a spiral curve."""
+        return self.start_skew_rad != 0.0 or self.end_skew_rad != 0.0
+
+    def relax_skew(self, at_street_end: bool | None = None) -> bool:
+        """Halve the skew at one end (both if None); below MIN_SKEW_RAD it becomes 0.
+
+        Returns True if a skew changed.
+        """
+        changed = False
+        if at_street_end in (None, False) and self.start_skew_rad != 0.0:
+            self.start_skew_rad = _halved_skew(self.start_skew_rad)
+            changed = True
+        if at_street_end in (None, True) and self.end_skew_rad != 0.0:
+            self.end_skew_rad = _halved_skew(self.end_skew_rad)
+            changed = True
+        return changed
+
+
+def _halved_skew(skew_rad: float) -> float:
+    """Half the skew, or 0 once that is below MIN_SKEW_RAD."""
+    half = 0.5 * skew_rad
+    return half if abs(half) >= MIN_SKEW_RAD else 0.0
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -380,28 +408,16 @@ def _arms_by_junction(graph: StreetGraph, streets: list[Street]) -> dict[int, li
     return {node: sorted(node_arms, key=lambda a: a.angle_rad % (2 * math.pi)) for node, node_arms in sorted(arms.items())}
 
 
-def _unskew_crowded_arms(graph: StreetGraph, streets: list[Street]) -> None:
-    """Straighten skewed arms that come closer than MIN_ARM_SEPARATION_RAD to a neighbour."""
+def _relax_crowded_arms(graph: StreetGraph, streets: list[Street]) -> None:
+    """Halve (eventually remove) skews that bring arms closer than MIN_ARM_SEPARATION_RAD."""
     changed = True
     while changed:
         changed = False
         for node_arms in _arms_by_junction(graph, streets).values():
             for arm, neighbour in zip(node_arms, node_arms[1:] + node_arms[:1]):
-                if _ccw_gap(arm.angle_rad, neighbour.angle_rad) >= MIN_ARM_SEPARATION_RAD:
-                    continue
-                for crowded in (arm, neighbour):
-                    changed |= _unskew(crowded)
-
-
-def _unskew(arm: Arm) -> bool:
-    """Remove the skew of ``arm``; True if it had one."""
-    if arm.at_street_end and arm.street.end_skew_rad != 0.0:
-        arm.street.end_skew_rad = 0.0
-        return True
-    if not arm.at_street_end and arm.street.start_skew_rad != 0.0:
-        arm.street.start_skew_rad = 0.0
-        return True
-    return False
+                if _ccw_gap(arm.angle_rad, neighbour.angle_rad) < MIN_ARM_SEPARATION_RAD:
+                    changed |= arm.street.relax_skew(at_street_end=arm.at_street_end)
+                    changed |= neighbour.street.relax_skew(at_street_end=neighbour.at_street_end)
 
 
 def _direction_angle(vector: np.ndarray) -> float:
@@ -472,26 +488,33 @@ class _GeometryProblem(Exception):
 
 
 def _fit_geometry(graph: StreetGraph, streets: list[Street], style: TownStyle) -> Town:
-    """Street centre lines; straightens curves or scales the town up until everything fits."""
-    _unskew_crowded_arms(graph, streets)
+    """Street centre lines; relaxes curves or scales the town up until everything fits."""
+    _relax_crowded_arms(graph, streets)
     for _ in range(MAX_GEOMETRY_ATTEMPTS):
         arms_by_junction = _arms_by_junction(graph, streets)
         distances = _arm_distances(arms_by_junction, style)
-        try:
-            pieces = {street.road_id: _street_pieces(graph, street, distances, style) for street in streets}
-        except _GeometryProblem as problem:
-            if problem.too_short:
-                graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
-            else:
-                problem.street.start_skew_rad = problem.street.end_skew_rad = 0.0
+        pieces: dict[int, list[pyclothoids.Clothoid]] = {}
+        problems: list[_GeometryProblem] = []
+        for street in streets:
+            try:
+                pieces[street.road_id] = _street_pieces(graph, street, distances, style)
+            except _GeometryProblem as problem:
+                problems.append(problem)
+        if any(problem.too_short for problem in problems):
+            graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
+            continue
+        if problems:
+            for problem in problems:
+                problem.street.relax_skew()
             continue
         town = Town(streets, pieces, arms_by_junction, distances, graph.node_xy)
-        overlapping = _overlapping_streets(town, style)
+        overlapping_set = _overlapping_streets(town, style)
+        overlapping = [street for street in streets if street in overlapping_set]  # deterministic order
+        curved = [street for street in overlapping if street.is_skewed]
+        for street in curved:
+            street.relax_skew()
         if not overlapping:
             return town
-        curved = [street for street in overlapping if street.start_skew_rad or street.end_skew_rad]
-        for street in curved:
-            street.start_skew_rad = street.end_skew_rad = 0.0
         if not curved:
             graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
     raise RuntimeError("could not fit the town geometry")
@@ -506,7 +529,7 @@ def _street_pieces(graph: StreetGraph, street: Street, distances: dict[tuple[int
     if street.has_bends:
         corners = [graph.node_xy[node] for node in street.nodes[1:-1]]
         pieces = _filleted_polyline([start_xy, *corners, end_xy], half_width + BEND_RADIUS_MARGIN_M, street)
-    elif street.start_skew_rad or street.end_skew_rad:
+    elif street.is_skewed:
         pieces = _clothoid_curve(start_xy, start_arm.angle_rad, end_xy, end_arm.angle_rad + math.pi, half_width, street)
     else:
         pieces = [_line(start_xy, start_arm.angle_rad, float(np.linalg.norm(end_xy - start_xy)))]
@@ -657,6 +680,8 @@ def _opendrive_text(name: str, town: Town, style: TownStyle) -> str:
         _junction_creator(index, node, arms, town, roads) for index, (node, arms) in enumerate(town.arms_by_junction.items())
     ]
     for creator in creators:
+        for connecting_road in creator.get_connecting_roads():
+            connecting_road.planview = _carla_safe_plan_view(connecting_road.planview)
         opendrive.add_junction_creator(creator)
     # Connecting roads are placed from their (fixed) neighbours; lane links are created
     # only between connecting roads and their two streets instead of the quadratic
@@ -687,11 +712,38 @@ def _street_road(street: Street, pieces: list[pyclothoids.Clothoid], style: Town
 
 def _xodr_geometry(piece: pyclothoids.Clothoid) -> xodr.Line | xodr.Arc | xodr.Spiral:
     """scenariogeneration geometry for a line, arc or spiral piece."""
-    if piece.dk != 0.0:
-        return xodr.Spiral(piece.KappaStart, piece.KappaEnd, length=piece.length)
-    if piece.KappaStart != 0.0:
-        return xodr.Arc(piece.KappaStart, length=piece.length)
-    return xodr.Line(piece.length)
+    return _xodr_curve(piece.KappaStart, piece.KappaEnd, piece.length)
+
+
+def _xodr_curve(curvature_start: float, curvature_end: float, length: float) -> xodr.Line | xodr.Arc | xodr.Spiral:
+    """Line, arc or spiral (curvatures in 1/m, length in m).
+
+    libcarla evaluates a spiral relative to the point where its curvature would be 0,
+    at s = curvStart / (curvature change rate); for (nearly) constant curvature that
+    divides by ~0 and waypoints jump metres sideways.  Such spirals become arcs.
+    """
+    if abs(curvature_end - curvature_start) / length >= MIN_SPIRAL_CURVATURE_RATE:
+        return xodr.Spiral(curvature_start, curvature_end, length=length)
+    mean_curvature = 0.5 * (curvature_start + curvature_end)
+    if abs(mean_curvature) < MIN_ARC_CURVATURE:
+        return xodr.Line(length)
+    return xodr.Arc(mean_curvature, length=length)
+
+
+def _carla_safe_plan_view(plan_view: xodr.PlanView) -> xodr.PlanView:
+    """Copy of an unplaced plan view with near-constant-curvature spirals as arcs or lines.
+
+    CommonJunctionCreator fits every connecting road with three spirals
+    (pyclothoids.SolveG2) whose middle one often has curvStart == curvEnd; see
+    ``_xodr_curve``.  The creator offers no hook for this, so its geometry list
+    (``_raw_geometries``) is read here.
+    """
+    safe = xodr.PlanView()
+    for geometry in plan_view._raw_geometries:
+        if isinstance(geometry, xodr.Spiral):
+            geometry = _xodr_curve(geometry.curvstart, geometry.curvend, geometry.length)
+        safe.add_geometry(geometry)
+    return safe
 
 
 def _road_mark(mark_type: xodr.RoadMarkType, color: xodr.RoadMarkColor) -> xodr.RoadMark:
