@@ -22,6 +22,7 @@ from mirage_env.scene import Primitives, Scene, Semantic
 from world_model.camera import NO_SURFACE_DEPTH, camera_rays, check_intrinsics, check_poses, invert_pose
 
 _PAIRS_PER_CHUNK = 2_000_000  # ray-object pairs intersected at once (bounds peak memory)
+_RAYS_PER_CALL = 65_536  # rays shaded at once
 _AMBIENT = 0.45
 _DIFFUSE = 0.55
 
@@ -84,12 +85,20 @@ class GroundTruthRenderer:
         cam_to_world = cam_to_world.to(self.device, torch.float32)
         K = K.to(self.device, torch.float32)
         objects = self.objects if actors is None else self.objects.extended(actors)
-        origins, directions = camera_rays(K, cam_to_world, height, width)
+        box_corners, sphere_corners = objects.box_corners, objects.sphere_corners
+        # Views are rendered a few at a time: working sets beyond the CPU caches cost more
+        # than the extra calls.
+        views = max(1, _RAYS_PER_CALL // (height * width))
+        parts = []
+        for start in range(0, K.shape[0], views):
+            pose, intrinsics = cam_to_world[start : start + views], K[start : start + views]
+            origins, directions = camera_rays(intrinsics, pose, height, width)
+            box_pairs = _screen_pairs(box_corners, pose, intrinsics, height, width, self.far_m)
+            sphere_pairs = _screen_pairs(sphere_corners, pose, intrinsics, height, width, self.far_m)
+            ray_origins = origins.repeat_interleave(height * width, dim=0)
+            parts.append(self._shade(ray_origins, directions.reshape(-1, 3), objects, box_pairs, sphere_pairs))
+        colour, t, label = (torch.cat(tensors) for tensors in zip(*parts))
         batch = K.shape[0]
-        ray_origins = origins.repeat_interleave(height * width, dim=0)
-        box_pairs = _screen_pairs(objects.box_corners(), cam_to_world, K, height, width, self.far_m)
-        sphere_pairs = _screen_pairs(objects.sphere_corners(), cam_to_world, K, height, width, self.far_m)
-        colour, t, label = self._shade(ray_origins, directions.reshape(-1, 3), objects, box_pairs, sphere_pairs)
         rgb = (colour.view(batch, height, width, 3).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         return RenderOutput(rgb=rgb, depth=t.view(batch, 1, height, width), semantic=label.view(batch, height, width))
 
@@ -193,6 +202,9 @@ class _ObjectTensors:
         self.sphere_radius = torch.as_tensor(primitives.sphere_radius, **f32).view(-1)
         self.sphere_class = torch.as_tensor(primitives.sphere_class, dtype=torch.uint8, device=device).view(-1)
         self.sphere_colour = torch.as_tensor(primitives.sphere_colour, **f32).view(-1, 3)
+        # Corners of each object's bounding hull: boxes exactly, spheres their bounding cube.
+        self.box_corners = self._box_corners()
+        self.sphere_corners = self.sphere_centre[:, None, :] + self._BOX_CORNERS.to(device) * self.sphere_radius[:, None, None]
 
     @property
     def box_count(self) -> int:
@@ -212,17 +224,13 @@ class _ObjectTensors:
         c, s = self.box_cos[index], self.box_sin[index]
         return torch.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], 1)
 
-    def box_corners(self) -> torch.Tensor:
+    def _box_corners(self) -> torch.Tensor:
         """(N, 8, 3) world corners of every box."""
         local = self._BOX_CORNERS.to(self.device) * self.box_half[:, None, :]
         rotated = self.rotate_to_world(
             torch.arange(self.box_count, device=self.device).repeat_interleave(8), local.reshape(-1, 3)
         )
         return rotated.view(-1, 8, 3) + self.box_centre[:, None, :]
-
-    def sphere_corners(self) -> torch.Tensor:
-        """(M, 8, 3) corners of every sphere's axis-aligned bounding cube."""
-        return self.sphere_centre[:, None, :] + self._BOX_CORNERS.to(self.device) * self.sphere_radius[:, None, None]
 
     def intersect_boxes(self, origins, directions, ray, box, rays: int):
         """Nearest box hit per ray, over candidate pairs (``ray``, ``box``) (P,).
