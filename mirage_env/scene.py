@@ -201,25 +201,23 @@ def _sample_road(road_map: RoadMap, step: float) -> tuple[list[_Band], list[list
     bands: list[_Band] = []
     chains: dict[tuple[int, int, int], list[tuple[float, _Frontage]]] = {}
     for waypoint in road_map.carla_map.generate_waypoints(step):
-        successors = waypoint.next(step)
-        for side in ("right", "left"):
-            here = _walk_outwards(waypoint, side)
-            if side == "left" and waypoint.get_left_lane() is not None and not here:
-                continue
-            for successor in successors:
-                there = _walk_outwards(successor, side)
-                for a, b in zip(here, there):
-                    if a.lane_type == b.lane_type:
-                        bands.append(_quad(a, b, _lane_label(a)))
-            right = waypoint.get_right_lane()
-            outermost = right is None or right.lane_type != carla.LaneType.Driving
-            if side == "right" and outermost and not waypoint.is_junction:
-                key = (waypoint.road_id, waypoint.section_id, waypoint.lane_id)
-                order = waypoint.s if waypoint.lane_id < 0 else -waypoint.s
-                chains.setdefault(key, []).append((order, _frontage(waypoint, here)))
-        for successor in successors:
+        outer = {side: _walk_outwards(waypoint, side) for side in ("right", "left")}
+        # Quads reach back to the previous sample too: where libcarla's lane links are missing
+        # (dead-end lanes), the first metre of a lane has no sample whose next() reaches it.
+        for predecessor in waypoint.previous(step):
+            bands.append(_quad(predecessor, waypoint, Semantic.ROAD))
+        for successor in waypoint.next(step):
             bands.append(_quad(waypoint, successor, Semantic.ROAD))
             bands.extend(_marking_quads(waypoint, successor))
+            for side, lanes in outer.items():
+                for a, b in zip(lanes, _walk_outwards(successor, side)):
+                    if a.lane_type == b.lane_type:
+                        bands.append(_quad(a, b, _lane_label(a)))
+        right = waypoint.get_right_lane()
+        if not waypoint.is_junction and (right is None or right.lane_type != carla.LaneType.Driving):
+            key = (waypoint.road_id, waypoint.section_id, waypoint.lane_id)
+            order = waypoint.s if waypoint.lane_id < 0 else -waypoint.s
+            chains.setdefault(key, []).append((order, _frontage(waypoint, outer["right"])))
     frontage = [[f for _, f in sorted(chain, key=lambda item: item[0])] for chain in chains.values()]
     return bands, frontage
 
