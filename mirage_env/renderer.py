@@ -112,12 +112,13 @@ class GroundTruthRenderer:
         """
         origins = origins.to(self.device, torch.float32)
         directions = directions.to(self.device, torch.float32)
-        every = lambda count: (  # noqa: E731 - all (ray, object) pairs
-            torch.arange(len(directions), device=self.device).repeat_interleave(count),
-            torch.arange(count, device=self.device).repeat(len(directions)),
-        )
+        rays = torch.arange(len(directions), device=self.device)
+
+        def every_pair(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return rays.repeat_interleave(count), torch.arange(count, device=self.device).repeat(len(rays))
+
         objects = self.objects
-        return self._shade(origins, directions, objects, every(objects.box_count), every(objects.sphere_count))
+        return self._shade(origins, directions, objects, every_pair(objects.box_count), every_pair(objects.sphere_count))
 
     def _shade(self, origins, directions, objects: _ObjectTensors, box_pairs, sphere_pairs):
         rays = directions.shape[0]

@@ -249,19 +249,23 @@ def _irregular_graph(rng: np.random.Generator, lane_choices: tuple[int, ...]) ->
 def _remove_interior_edges(rng: np.random.Generator, graph: StreetGraph, count: int) -> None:
     """Remove up to ``count`` edges joining two 4-way nodes, keeping 2-edge-connectivity.
 
-    Both ends become T junctions, so no dead ends and no new bends appear.
+    Both ends become T junctions, so no dead ends and no new bends appear; at least
+    half of the 4-way junctions (and at least one) survive.
     """
     candidates = sorted(graph.edge_lanes)
+    four_way = sum(graph.degree(node) == 4 for node in range(len(graph.node_xy)))
+    min_four_way = max(1, math.ceil(four_way / 2))
     removed = 0
     for index in rng.permutation(len(candidates)):
         edge = candidates[int(index)]
-        if removed == count:
+        if removed == count or four_way - 2 < min_four_way:
             return
         if graph.degree(edge[0]) != 4 or graph.degree(edge[1]) != 4:
             continue
         lanes = graph.edge_lanes.pop(edge)
         if _is_two_edge_connected(graph):
             removed += 1
+            four_way -= 2
         else:
             graph.edge_lanes[edge] = lanes
 
