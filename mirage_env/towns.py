@@ -16,8 +16,9 @@ angles counter-clockwise):
 3. Geometry: each junction arm starts far enough from the junction centre that
    neighbouring arms (sidewalks included) do not overlap.  Street centre lines are
    straight lines, line-arc-line fillets around bends, or G2 clothoid (spiral) curves
-   when the irregular layout skews the arm headings.  The town is scaled up until every
-   street is long enough and no two streets overlap.
+   when the irregular layout skews the arm headings.  Skews are relaxed, and as a last
+   resort the town is scaled up, until every street is long enough, no curve is tighter
+   than its cross-section allows and no two streets overlap.
 4. OpenDRIVE: roads, lanes and road marks are built with ``scenariogeneration.xodr``;
    every junction is a ``CommonJunctionCreator`` with one single-lane connecting road
    per lane movement.  Turns fan out into all lanes of the target street so that the
@@ -43,6 +44,7 @@ GRID_COLUMN_CHOICES: tuple[int, ...] = (3, 4, 5)
 GRID_ROW_CHOICES: tuple[int, ...] = (3, 4)
 BLOCK_SIZE_RANGE_M: tuple[float, float] = (40.0, 90.0)
 MIN_TOWN_SPAN_M = 150.0
+MAX_IRREGULAR_DIAGONAL_M = 400.0  # node-to-node; sidewalks add ~2 x 16 m, so any rotation fits 450 m
 GRID_REMOVED_EDGES_RANGE: tuple[int, int] = (0, 2)
 IRREGULAR_REMOVED_EDGES_RANGE: tuple[int, int] = (1, 3)
 IRREGULAR_JITTER_FRACTION = 0.15  # of the smallest block size
@@ -61,7 +63,7 @@ BROKEN_CENTRE_LINE_PROBABILITY = 0.3
 ROAD_MARK_WIDTH_M = 0.15
 
 # --- geometry -----------------------------------------------------------------------
-JUNCTION_MARGIN_M = 4.0  # extra gap between neighbouring arms' outer edges
+JUNCTION_MARGIN_M = 6.0  # extra gap between neighbouring arms' outer edges
 MIN_JUNCTION_ARM_DISTANCE_M = 8.0  # from junction centre to the start of a street
 BEND_RADIUS_MARGIN_M = 6.0  # bend centre-line radius = street half width + margin
 MIN_CURVE_RADIUS_MARGIN_M = 8.0  # spiral radius >= street half width + margin
@@ -71,7 +73,7 @@ STREET_CLEARANCE_M = 1.0  # gap between the outer edges of two streets
 MAX_CURVE_LENGTH_RATIO = 1.5  # spiral street length / chord length
 SAMPLE_SPACING_M = 2.0
 TOWN_SCALE_STEP = 1.1
-MAX_GEOMETRY_ATTEMPTS = 30
+MAX_GEOMETRY_ATTEMPTS = 60
 ZERO_CURVATURE = 1e-9  # what scenariogeneration's junction creator uses for "straight" ends
 MIN_SPIRAL_CURVATURE_RATE = 1e-5  # 1/m^2; slower-changing spirals are written as arcs
 MIN_ARC_CURVATURE = 1e-6  # 1/m; flatter arcs are written as lines
@@ -82,7 +84,7 @@ STRAIGHT_MOVEMENT_MAX_TURN_RAD = math.radians(50.0)
 # --- OpenDRIVE ids ------------------------------------------------------------------
 JUNCTION_ID_OFFSET = 1000
 CONNECTING_ROAD_ID_OFFSET = 10000
-CONNECTING_ROAD_IDS_PER_JUNCTION = 100
+CONNECTING_ROAD_IDS_PER_JUNCTION = 1000
 GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m"
 
 
@@ -105,9 +107,9 @@ def generate_town(seed: int, layout: str = "auto") -> str:
     style = _draw_style(rng)
     lane_choices = _draw_lane_count_choices(rng)
     if chosen_layout == "grid":
-        graph = _grid_graph(rng, lane_choices)
+        graph = _grid_graph(rng, lane_choices, style)
     else:
-        graph = _irregular_graph(rng, lane_choices)
+        graph = _irregular_graph(rng, lane_choices, style)
     streets = _trace_streets(graph)
     if chosen_layout == "irregular":
         _skew_arms(rng, streets)
@@ -189,20 +191,40 @@ def _edge(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
-def _block_offsets(rng: np.random.Generator, nodes: int) -> np.ndarray:
-    """Cumulative positions (m) of ``nodes`` grid lines; spans at least MIN_TOWN_SPAN_M."""
-    low = max(BLOCK_SIZE_RANGE_M[0], MIN_TOWN_SPAN_M / (nodes - 1))
-    blocks = rng.uniform(low, BLOCK_SIZE_RANGE_M[1], size=nodes - 1)
+def _block_offsets(rng: np.random.Generator, nodes: int, min_block_m: float) -> np.ndarray:
+    """Cumulative positions (m) of ``nodes`` grid lines, spanning at least MIN_TOWN_SPAN_M.
+
+    Blocks are 40-90 m, but never shorter than ``min_block_m``.
+    """
+    low = max(BLOCK_SIZE_RANGE_M[0], MIN_TOWN_SPAN_M / (nodes - 1), min_block_m)
+    blocks = rng.uniform(low, max(low, BLOCK_SIZE_RANGE_M[1]), size=nodes - 1)
     return np.concatenate([[0.0], np.cumsum(blocks)])
 
 
-def _lattice(rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
-    """Grid node positions (columns * rows, 2) in metres, row-major, centred on 0."""
+def _lattice(
+    rng: np.random.Generator, min_block_m: float, max_diagonal_m: float = math.inf
+) -> tuple[np.ndarray, int, int]:
+    """Grid node positions (columns * rows, 2) in metres, row-major, centred on 0.
+
+    Grid lines beyond ``max_diagonal_m`` (corner to corner) are dropped, down to 3x3.
+    """
     columns = int(rng.choice(GRID_COLUMN_CHOICES))
     rows = int(rng.choice(GRID_ROW_CHOICES))
-    xs, ys = _block_offsets(rng, columns), _block_offsets(rng, rows)
+    xs, ys = _block_offsets(rng, columns, min_block_m), _block_offsets(rng, rows, min_block_m)
+    while math.hypot(xs[-1], ys[-1]) > max_diagonal_m and max(len(xs), len(ys)) > 3:
+        drop_column = (xs[-1] >= ys[-1] and len(xs) > 3) or len(ys) == 3
+        if drop_column:
+            xs = xs[:-1]
+        else:
+            ys = ys[:-1]
     node_xy = np.array([(x, y) for y in ys for x in xs])
-    return node_xy - node_xy.mean(axis=0), columns, rows
+    return node_xy - node_xy.mean(axis=0), len(xs), len(ys)
+
+
+def _min_block_m(style: TownStyle, lane_choices: tuple[int, ...]) -> float:
+    """Block size (m) that fits two right-angle junctions of the widest street plus a street."""
+    widest = style.half_width_m(max(lane_choices))
+    return 2.0 * (widest + JUNCTION_MARGIN_M) + MIN_STREET_LENGTH_M
 
 
 def _lattice_edges(columns: int, rows: int) -> list[tuple[tuple[int, int], int, int]]:
@@ -218,22 +240,26 @@ def _lattice_edges(columns: int, rows: int) -> list[tuple[tuple[int, int], int, 
     return edges
 
 
-def _grid_graph(rng: np.random.Generator, lane_choices: tuple[int, ...]) -> StreetGraph:
+def _grid_graph(rng: np.random.Generator, lane_choices: tuple[int, ...], style: TownStyle) -> StreetGraph:
     """Manhattan grid; every row and every column has its own lane count."""
-    node_xy, columns, rows = _lattice(rng)
+    node_xy, columns, rows = _lattice(rng, _min_block_m(style, lane_choices))
     column_lanes = rng.choice(lane_choices, size=columns)
     row_lanes = rng.choice(lane_choices, size=rows)
     edge_lanes = {
-        edge: int(row_lanes[row] if row >= 0 else column_lanes[column]) for edge, row, column in _lattice_edges(columns, rows)
+        edge: int(row_lanes[row] if row >= 0 else column_lanes[column])
+        for edge, row, column in _lattice_edges(columns, rows)
     }
     graph = StreetGraph(node_xy, edge_lanes)
-    _remove_interior_edges(rng, graph, int(rng.integers(GRID_REMOVED_EDGES_RANGE[0], GRID_REMOVED_EDGES_RANGE[1] + 1)))
+    _remove_interior_edges(rng, graph, _draw_count(rng, GRID_REMOVED_EDGES_RANGE))
     return graph
 
 
-def _irregular_graph(rng: np.random.Generator, lane_choices: tuple[int, ...]) -> StreetGraph:
+def _irregular_graph(rng: np.random.Generator, lane_choices: tuple[int, ...], style: TownStyle) -> StreetGraph:
     """Grid with jittered nodes, a random rotation and a lane count per street."""
-    node_xy, columns, rows = _lattice(rng)
+    # Jitter may shorten a block by 2 x IRREGULAR_JITTER_FRACTION; the diagonal cap lets
+    # the town fit MAX_IRREGULAR_DIAGONAL_M whatever its rotation.
+    min_block = _min_block_m(style, lane_choices) / (1.0 - 2.0 * IRREGULAR_JITTER_FRACTION)
+    node_xy, columns, rows = _lattice(rng, min_block, MAX_IRREGULAR_DIAGONAL_M)
     edges = [edge for edge, _, _ in _lattice_edges(columns, rows)]
     smallest_block = min(float(np.linalg.norm(node_xy[a] - node_xy[b])) for a, b in edges)
     jitter = rng.uniform(-1.0, 1.0, size=node_xy.shape) * IRREGULAR_JITTER_FRACTION * smallest_block
@@ -242,8 +268,13 @@ def _irregular_graph(rng: np.random.Generator, lane_choices: tuple[int, ...]) ->
     rotated = (node_xy + jitter) @ np.array([[cos_r, sin_r], [-sin_r, cos_r]])
     lanes = rng.choice(lane_choices, size=len(edges))
     graph = StreetGraph(rotated - rotated.mean(axis=0), {edge: int(n) for edge, n in zip(edges, lanes)})
-    _remove_interior_edges(rng, graph, int(rng.integers(IRREGULAR_REMOVED_EDGES_RANGE[0], IRREGULAR_REMOVED_EDGES_RANGE[1] + 1)))
+    _remove_interior_edges(rng, graph, _draw_count(rng, IRREGULAR_REMOVED_EDGES_RANGE))
     return graph
+
+
+def _draw_count(rng: np.random.Generator, inclusive_range: tuple[int, int]) -> int:
+    """Uniform integer in [low, high]."""
+    return int(rng.integers(inclusive_range[0], inclusive_range[1] + 1))
 
 
 def _remove_interior_edges(rng: np.random.Generator, graph: StreetGraph, count: int) -> None:
@@ -409,7 +440,10 @@ def _arms_by_junction(graph: StreetGraph, streets: list[Street]) -> dict[int, li
     for street in streets:
         for arm in _street_arms(graph, street):
             arms.setdefault(arm.node, []).append(arm)
-    return {node: sorted(node_arms, key=lambda a: a.angle_rad % (2 * math.pi)) for node, node_arms in sorted(arms.items())}
+    return {
+        node: sorted(node_arms, key=lambda arm: arm.angle_rad % (2 * math.pi))
+        for node, node_arms in sorted(arms.items())
+    }
 
 
 def _relax_crowded_arms(graph: StreetGraph, streets: list[Street]) -> None:
@@ -460,11 +494,14 @@ def _arm_distances(arms_by_junction: dict[int, list[Arm]], style: TownStyle) -> 
         for index, arm in enumerate(node_arms):
             before, after = node_arms[index - 1], node_arms[(index + 1) % len(node_arms)]
             own = style.half_width_m(arm.street.driving_lanes)
-            clearances = (
-                _arm_clearance_m(own, style.half_width_m(after.street.driving_lanes), _ccw_gap(arm.angle_rad, after.angle_rad)),
-                _arm_clearance_m(own, style.half_width_m(before.street.driving_lanes), _ccw_gap(before.angle_rad, arm.angle_rad)),
+            after_clearance = _arm_clearance_m(
+                own, style.half_width_m(after.street.driving_lanes), _ccw_gap(arm.angle_rad, after.angle_rad)
             )
-            distances[arm.key] = max(MIN_JUNCTION_ARM_DISTANCE_M, max(clearances) + JUNCTION_MARGIN_M)
+            before_clearance = _arm_clearance_m(
+                own, style.half_width_m(before.street.driving_lanes), _ccw_gap(before.angle_rad, arm.angle_rad)
+            )
+            clearance = max(after_clearance, before_clearance)
+            distances[arm.key] = max(MIN_JUNCTION_ARM_DISTANCE_M, clearance + JUNCTION_MARGIN_M)
     return distances
 
 
@@ -497,34 +534,48 @@ def _fit_geometry(graph: StreetGraph, streets: list[Street], style: TownStyle) -
     for _ in range(MAX_GEOMETRY_ATTEMPTS):
         arms_by_junction = _arms_by_junction(graph, streets)
         distances = _arm_distances(arms_by_junction, style)
-        pieces: dict[int, list[pyclothoids.Clothoid]] = {}
-        problems: list[_GeometryProblem] = []
-        for street in streets:
-            try:
-                pieces[street.road_id] = _street_pieces(graph, street, distances, style)
-            except _GeometryProblem as problem:
-                problems.append(problem)
-        if any(problem.too_short for problem in problems):
-            graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
-            continue
-        if problems:
-            for problem in problems:
-                problem.street.relax_skew()
-            continue
-        town = Town(streets, pieces, arms_by_junction, distances, graph.node_xy)
-        overlapping_set = _overlapping_streets(town, style)
-        overlapping = [street for street in streets if street in overlapping_set]  # deterministic order
-        curved = [street for street in overlapping if street.is_skewed]
-        for street in curved:
-            street.relax_skew()
-        if not overlapping:
-            return town
-        if not curved:
-            graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
+        pieces, too_short, too_curved = _draw_streets(graph, streets, distances, style)
+        if too_short:
+            # Skewed arms enlarge junctions: straighten those around short streets first.
+            junctions = {node for street in too_short for node in (street.nodes[0], street.nodes[-1])}
+            _relax_or_scale(graph, [s for s in streets if {s.nodes[0], s.nodes[-1]} & junctions])
+        elif too_curved:
+            for street in too_curved:
+                street.relax_skew()
+        else:
+            town = Town(streets, pieces, arms_by_junction, distances, graph.node_xy)
+            overlapping = _overlapping_streets(town, style)
+            if not overlapping:
+                return town
+            _relax_or_scale(graph, overlapping)
     raise RuntimeError("could not fit the town geometry")
 
 
-def _street_pieces(graph: StreetGraph, street: Street, distances: dict[tuple[int, bool], float], style: TownStyle) -> list[pyclothoids.Clothoid]:
+def _relax_or_scale(graph: StreetGraph, streets: list[Street]) -> None:
+    """Relax the skews of ``streets``; if none is skewed, scale the town up by TOWN_SCALE_STEP."""
+    relaxed = [street for street in streets if street.relax_skew()]
+    if not relaxed:
+        graph.node_xy = graph.node_xy * TOWN_SCALE_STEP
+
+
+def _draw_streets(
+    graph: StreetGraph, streets: list[Street], distances: dict[tuple[int, bool], float], style: TownStyle
+) -> tuple[dict[int, list[pyclothoids.Clothoid]], list[Street], list[Street]]:
+    """Centre-line pieces by road id, and the streets that came out too short / too curved."""
+    pieces: dict[int, list[pyclothoids.Clothoid]] = {}
+    too_short: list[Street] = []
+    too_curved: list[Street] = []
+    for street in streets:
+        try:
+            pieces[street.road_id] = _street_pieces(graph, street, distances, style)
+        except _GeometryProblem as problem:
+            (too_short if problem.too_short else too_curved).append(street)
+    return pieces, too_short, too_curved
+
+
+def _street_pieces(
+    graph: StreetGraph, street: Street, distances: dict[tuple[int, bool], float], style: TownStyle
+) -> list[pyclothoids.Clothoid]:
     """Centre line from the start junction's arm to the end junction's arm."""
     start_arm, end_arm = _street_arms(graph, street)
     start_xy = graph.node_xy[street.nodes[0]] + distances[start_arm.key] * _unit(start_arm.angle_rad)
@@ -534,7 +585,8 @@ def _street_pieces(graph: StreetGraph, street: Street, distances: dict[tuple[int
         corners = [graph.node_xy[node] for node in street.nodes[1:-1]]
         pieces = _filleted_polyline([start_xy, *corners, end_xy], half_width + BEND_RADIUS_MARGIN_M, street)
     elif street.is_skewed:
-        pieces = _clothoid_curve(start_xy, start_arm.angle_rad, end_xy, end_arm.angle_rad + math.pi, half_width, street)
+        end_heading = end_arm.angle_rad + math.pi
+        pieces = _clothoid_curve(start_xy, start_arm.angle_rad, end_xy, end_heading, half_width, street)
     else:
         pieces = [_line(start_xy, start_arm.angle_rad, float(np.linalg.norm(end_xy - start_xy)))]
     if sum(piece.length for piece in pieces) < MIN_STREET_LENGTH_M:
@@ -549,7 +601,13 @@ def _unit(angle: float) -> np.ndarray:
 
 def _line(start_xy: np.ndarray, heading: float, length: float) -> pyclothoids.Clothoid:
     """Straight piece."""
-    return pyclothoids.Clothoid.StandardParams(float(start_xy[0]), float(start_xy[1]), heading, 0.0, 0.0, length)
+    return _piece(start_xy, heading, 0.0, length)
+
+
+def _piece(start_xy: np.ndarray, heading: float, curvature: float, length: float) -> pyclothoids.Clothoid:
+    """Constant-curvature piece (line or arc) starting at ``start_xy`` with ``heading``."""
+    x, y = float(start_xy[0]), float(start_xy[1])
+    return pyclothoids.Clothoid.StandardParams(x, y, heading, curvature, 0.0, length)
 
 
 def _filleted_polyline(points: list[np.ndarray], radius: float, street: Street) -> list[pyclothoids.Clothoid]:
@@ -566,7 +624,7 @@ def _filleted_polyline(points: list[np.ndarray], radius: float, street: Street) 
         pieces.append(_line(position, incoming, straight))
         arc_start = corner - tangent_length * _unit(incoming)
         curvature = math.copysign(1.0 / radius, turn)
-        pieces.append(pyclothoids.Clothoid.StandardParams(float(arc_start[0]), float(arc_start[1]), incoming, curvature, 0.0, radius * abs(turn)))
+        pieces.append(_piece(arc_start, incoming, curvature, radius * abs(turn)))
         position = corner + tangent_length * _unit(incoming + turn)
     last_straight = float(np.linalg.norm(points[-1] - position))
     if last_straight - (MIN_STRAIGHT_PIECE_M if len(points) > 2 else 0.0) < 0.0:
@@ -576,7 +634,12 @@ def _filleted_polyline(points: list[np.ndarray], radius: float, street: Street) 
 
 
 def _clothoid_curve(
-    start_xy: np.ndarray, start_heading: float, end_xy: np.ndarray, end_heading: float, half_width: float, street: Street
+    start_xy: np.ndarray,
+    start_heading: float,
+    end_xy: np.ndarray,
+    end_heading: float,
+    half_width: float,
+    street: Street,
 ) -> list[pyclothoids.Clothoid]:
     """G2 curve of three spirals between two poses, straight (zero curvature) at both ends."""
     pieces = pyclothoids.SolveG2(
@@ -588,7 +651,8 @@ def _clothoid_curve(
         raise _GeometryProblem(street, too_short=True)
     max_curvature = max(max(abs(p.KappaStart), abs(p.KappaEnd)) for p in pieces)
     total_length = sum(p.length for p in pieces)
-    if max_curvature * (half_width + MIN_CURVE_RADIUS_MARGIN_M) > 1.0 or total_length > MAX_CURVE_LENGTH_RATIO * chord:
+    too_tight = max_curvature * (half_width + MIN_CURVE_RADIUS_MARGIN_M) > 1.0
+    if too_tight or total_length > MAX_CURVE_LENGTH_RATIO * chord:
         raise _GeometryProblem(street, too_short=False)
     return list(pieces)
 
@@ -603,27 +667,32 @@ def _sample_centre_line(pieces: list[pyclothoids.Clothoid]) -> np.ndarray:
     return np.concatenate(samples)
 
 
-def _overlapping_streets(town: Town, style: TownStyle) -> set[Street]:
+def _overlapping_streets(town: Town, style: TownStyle) -> list[Street]:
     """Streets whose paved area (sidewalks included) overlaps another street's.
 
     Near a shared junction streets naturally meet; points within the junction's reach
     (arm distance plus both half widths) are ignored there.
     """
     samples = {street.road_id: _sample_centre_line(town.pieces[street.road_id]) for street in town.streets}
-    reach = {node: max(town.arm_distance_m[arm.key] for arm in arms) for node, arms in town.arms_by_junction.items()}
+    reach = {
+        node: max(town.arm_distance_m[arm.key] for arm in arms) for node, arms in town.arms_by_junction.items()
+    }
     overlapping: set[Street] = set()
     for index, first in enumerate(town.streets):
         for second in town.streets[index + 1 :]:
-            needed = style.half_width_m(first.driving_lanes) + style.half_width_m(second.driving_lanes) + STREET_CLEARANCE_M
+            widths = style.half_width_m(first.driving_lanes) + style.half_width_m(second.driving_lanes)
+            needed = widths + STREET_CLEARANCE_M
             shared = {first.nodes[0], first.nodes[-1]} & {second.nodes[0], second.nodes[-1]}
             first_points = _outside_junctions(samples[first.road_id], shared, town, reach, needed)
             second_points = _outside_junctions(samples[second.road_id], shared, town, reach, needed)
             if len(first_points) and len(second_points) and _min_distance(first_points, second_points) < needed:
                 overlapping.update((first, second))
-    return overlapping
+    return [street for street in town.streets if street in overlapping]
 
 
-def _outside_junctions(points: np.ndarray, nodes: set[int], town: Town, reach: dict[int, float], extra: float) -> np.ndarray:
+def _outside_junctions(
+    points: np.ndarray, nodes: set[int], town: Town, reach: dict[int, float], extra: float
+) -> np.ndarray:
     """``points`` farther than reach + ``extra`` metres from each junction in ``nodes``."""
     keep = np.ones(len(points), dtype=bool)
     for node in nodes:
@@ -681,7 +750,8 @@ def _opendrive_text(name: str, town: Town, style: TownStyle) -> str:
     for road in roads.values():
         opendrive.add_road(road)
     creators = [
-        _junction_creator(index, node, arms, town, roads) for index, (node, arms) in enumerate(town.arms_by_junction.items())
+        _junction_creator(index, node, arms, town, roads)
+        for index, (node, arms) in enumerate(town.arms_by_junction.items())
     ]
     for creator in creators:
         for connecting_road in creator.get_connecting_roads():
@@ -719,7 +789,9 @@ def _xodr_geometry(piece: pyclothoids.Clothoid) -> xodr.Line | xodr.Arc | xodr.S
     return _xodr_curve(piece.KappaStart, piece.KappaEnd, piece.length)
 
 
-def _xodr_curve(curvature_start: float, curvature_end: float, length: float) -> xodr.Line | xodr.Arc | xodr.Spiral:
+def _xodr_curve(
+    curvature_start: float, curvature_end: float, length: float
+) -> xodr.Line | xodr.Arc | xodr.Spiral:
     """Line, arc or spiral (curvatures in 1/m, length in m).
 
     libcarla evaluates a spiral relative to the point where its curvature would be 0,
@@ -774,7 +846,8 @@ def _street_lanes(driving_lanes: int, style: TownStyle) -> xodr.Lanes:
         for lane_number in range(1, driving_lanes + 1):
             lane = xodr.Lane(lane_type=xodr.LaneType.driving, a=style.lane_width_m)
             outermost = lane_number == driving_lanes
-            lane.add_roadmark(_road_mark(xodr.RoadMarkType.solid if outermost else xodr.RoadMarkType.broken, xodr.RoadMarkColor.white))
+            mark_type = xodr.RoadMarkType.solid if outermost else xodr.RoadMarkType.broken
+            lane.add_roadmark(_road_mark(mark_type, xodr.RoadMarkColor.white))
             add_lane(lane)
         if style.shoulder_width_m > 0.0:
             shoulder = xodr.Lane(lane_type=xodr.LaneType.shoulder, a=style.shoulder_width_m)
@@ -807,8 +880,12 @@ def _junction_creator(
         )
     for incoming in arms:
         outgoing_arms = [arm for arm in arms if arm is not incoming]
-        movements = [(_wrap_angle(out.angle_rad - incoming.angle_rad - math.pi), out.street.driving_lanes) for out in outgoing_arms]
-        for outgoing, pairs in zip(outgoing_arms, _movement_lane_pairs(incoming.street.driving_lanes, movements)):
+        movements = [
+            (_wrap_angle(out.angle_rad - incoming.angle_rad - math.pi), out.street.driving_lanes)
+            for out in outgoing_arms
+        ]
+        lane_pairs = _movement_lane_pairs(incoming.street.driving_lanes, movements)
+        for outgoing, pairs in zip(outgoing_arms, lane_pairs):
             for lane_in, lane_out in pairs:
                 creator.add_connection(
                     incoming.street.road_id,
