@@ -1,0 +1,494 @@
+"""The latent cache: a bounded spatial memory kept in the VAE's latent space.
+
+Write
+    Each latent token (one cell of the (h, w) latent grid, ``downsample`` image pixels on a side)
+    gets one depth: the nearest valid depth among the image pixels at the cell's centre (the
+    central 2 x 2 pixels for an even ``downsample``). Nearest, not mean or median, so a token on
+    an object edge lands on the object instead of floating between it and the background. The
+    intrinsics are rescaled to the latent grid with :func:`world_model.camera.scale_intrinsics`
+    (exact under our pixel-centre convention), and the token is back-projected through its cell
+    centre to a world point. Per-token depth (B, 1, h, w) is used as given.
+Filter
+    Tokens are dropped before they enter the cache when any pixel of their cell is dynamic, their
+    depth is <= 0 (sky) or beyond ``max_range_m``, or their confidence is below
+    ``min_confidence``. Every write filters; nothing is special about the first frame.
+Fuse
+    A token's voxel size follows its footprint (the width of its cell on the surface,
+    ``depth / focal``): ``voxel_min_m * 2**level``, the largest such size not above half the
+    footprint, so neighbouring tokens of one frame never share a voxel, while the same surface
+    seen again from a similar distance falls in the same voxel. A voxel keeps its best observation: the
+    most confident token, ties to the most recently written (with any tokens of that same write
+    tied with it: one frame's tokens are never merged with each other, which rarely matters and
+    keeps a read from the writing pose exact). So the cache grows with the area seen, not the
+    frames written.
+Budget
+    Each cache holds at most ``budget_bytes``; beyond it the least recently used tokens (last
+    written or shown by a read) are evicted first, lowest confidence first among equals.
+Read
+    Tokens are projected into the target latent grids and splatted over the cells their surface
+    patch covers. At write time each token records its patch as two half-axes (half the vectors
+    to its row and column neighbours' points on the same surface, i.e. depths within a factor of
+    2; the fronto-parallel footprint across edges). At read time the patch corners are projected
+    and the token covers every cell whose centre they span, its own cell always, at most
+    ``max_splat_radius`` cells away: a road token seen at a grazing angle stretches over the
+    rows it fills once the camera drives up to it, and surfaces seen up close leave no holes.
+    A z-buffer keeps the nearest token per cell, where a splatted (non-centre) cell counts as
+    ``1 + splat_depth_penalty * ring`` times deeper: with the default 1.0 a token's own cell
+    beats a neighbour's splat unless that neighbour is more than twice as near, i.e. an
+    occluder. Tokens behind the camera or off the grid are skipped. Remaining one-to-three-cell
+    gaps are closed by a gap fill: an empty cell with valid cells on both sides along a row,
+    column or diagonal, within ``max_splat_radius`` cells, takes the nearer of the two. Empty
+    cells at the border of what the cache saw (sky, unexplored space) stay empty.
+
+All caches of a batch (one per env) live in flat tensors tagged with their cache id; every step
+is tensor code with no Python loop over tokens. Works on any torch device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from world_model.camera import check_intrinsics, check_poses, invert_pose, scale_intrinsics, unproject_depth
+from world_model.memory import MemoryFrame, MemoryRead
+
+_STATE = ("position", "latent", "confidence", "written", "last_used", "patch", "cache", "key")
+# Bits of the packed voxel key: x and y 20 each, z 11, level 4, cache id 8 (63 in all).
+_XY_BITS, _Z_BITS, _LEVEL_BITS, _CACHE_BITS = 20, 11, 4, 8
+_NEAR_M = 1e-3
+
+
+@dataclass
+class LatentCacheConfig:
+    """Defaults of the latent cache (units in comments)."""
+
+    downsample: int = 8  # image pixels per latent cell side (the VAE's factor)
+    max_range_m: float = 100.0  # [m] tokens farther than this are not stored
+    min_confidence: float = 0.5  # tokens with lower confidence are not stored
+    voxel_min_m: float = 0.05  # [m] finest fusion voxel
+    voxel_levels: int = 16  # voxel sizes voxel_min_m * 2**level, level < voxel_levels
+    max_splat_radius: int = 3  # [cells] a token covers at most (2r + 1)^2 target cells
+    splat_depth_penalty: float = 1.0  # z-buffer: a splat counts (1 + penalty * ring) times deeper
+    budget_bytes: int = 32 * 2**20  # [bytes] per cache
+    latent_dtype: str = "float16"  # storage precision of latent vectors
+
+    def __post_init__(self) -> None:
+        if self.downsample < 1 or self.voxel_min_m <= 0 or self.max_range_m <= 0:
+            raise ValueError("downsample, voxel_min_m and max_range_m must be positive")
+        if not 1 <= self.voxel_levels <= 2**_LEVEL_BITS:
+            raise ValueError(f"voxel_levels must be in [1, {2**_LEVEL_BITS}], got {self.voxel_levels}")
+
+
+class LatentCache:
+    """Bounded latent spatial memories for ``num_caches`` independent environments.
+
+    Args:
+        num_caches: independent caches (one per env), addressed by ``cache_ids``.
+        channels: latent channels C.
+        config: see :class:`LatentCacheConfig`.
+        device: where the tokens live.
+    """
+
+    def __init__(self, num_caches: int, channels: int, config: LatentCacheConfig | None = None,
+                 device: torch.device | str = "cpu"):
+        if not 1 <= num_caches <= 2**_CACHE_BITS:
+            raise ValueError(f"num_caches must be in [1, {2**_CACHE_BITS}], got {num_caches}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.num_caches, self.channels = num_caches, channels
+        self.config = config or LatentCacheConfig()
+        self.device = torch.device(device)
+        self.step = 0
+        self.clear()
+
+    # ------------------------------------------------------------------ state
+    def clear(self, cache_ids: torch.Tensor | list[int] | None = None) -> None:
+        """Empty the given caches (all when None)."""
+        if cache_ids is None:
+            long = dict(dtype=torch.long, device=self.device)
+            f32 = dict(dtype=torch.float32, device=self.device)
+            self.position = torch.zeros(0, 3, **f32)
+            self.latent = torch.zeros(0, self.channels, dtype=getattr(torch, self.config.latent_dtype), device=self.device)
+            self.confidence = torch.zeros(0, **f32)
+            self.written = torch.zeros(0, **long)
+            self.last_used = torch.zeros(0, **long)
+            self.patch = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)
+            self.cache = torch.zeros(0, **long)
+            self.key = torch.zeros(0, **long)
+            return
+        ids = self._cache_ids(cache_ids, None)
+        self._keep(~torch.isin(self.cache, ids))
+
+    def __len__(self) -> int:
+        return self.position.shape[0]
+
+    def count(self, cache_id: int) -> int:
+        """Tokens held by one cache."""
+        return int((self.cache == cache_id).sum())
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes stored per token, summed over the state tensors."""
+        return sum(getattr(self, name).element_size() * math.prod(getattr(self, name).shape[1:]) for name in _STATE)
+
+    def nbytes(self, cache_id: int | None = None) -> int:
+        """Bytes of token storage, of one cache or all."""
+        tokens = len(self) if cache_id is None else self.count(cache_id)
+        return tokens * self.bytes_per_token
+
+    def _keep(self, mask: torch.Tensor) -> None:
+        for name in _STATE:
+            setattr(self, name, getattr(self, name)[mask])
+
+    def _cache_ids(self, cache_ids, batch: int | None) -> torch.Tensor:
+        if cache_ids is None:
+            if batch is None or batch > self.num_caches:
+                raise ValueError(f"pass `cache_ids`: batch {batch} does not map onto {self.num_caches} caches")
+            return torch.arange(batch, device=self.device)
+        ids = torch.as_tensor(cache_ids, dtype=torch.long, device=self.device).view(-1)
+        if batch is not None and ids.numel() != batch:
+            raise ValueError(f"`cache_ids` has {ids.numel()} entries for a batch of {batch}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_caches):
+            raise ValueError(f"`cache_ids` must be in [0, {self.num_caches}), got {ids.tolist()}")
+        return ids
+
+    # ------------------------------------------------------------------ write
+    @torch.no_grad()
+    def write(self, frame: MemoryFrame, cache_ids=None) -> int:
+        """Store the static, valid tokens of ``frame`` (see the module doc). Returns how many
+        tokens passed the filters."""
+        batch = frame.check()
+        if frame.latents is None or frame.latents.shape[1] != self.channels:
+            raise ValueError(f"`latents` must be (B, {self.channels}, h, w), got "
+                             f"{None if frame.latents is None else tuple(frame.latents.shape)}")
+        ids = self._cache_ids(cache_ids, batch)
+        self.step += 1
+        cfg = self.config
+        latents = frame.latents.to(self.device)
+        height, width = latents.shape[-2:]
+        depth = self._token_depth(frame.depth.to(self.device), height, width)
+        dynamic = self._token_any(frame.dynamic, height, width)
+        confidence = torch.ones_like(depth)
+        if frame.confidence is not None:
+            if frame.confidence.shape[-2:] != (height, width):
+                raise ValueError(f"`confidence` must be (B, 1, {height}, {width}), got {tuple(frame.confidence.shape)}")
+            confidence = confidence * frame.confidence.to(self.device, torch.float32)
+        keep = (depth > 0) & (depth <= cfg.max_range_m) & ~dynamic & (confidence >= cfg.min_confidence)
+
+        K_latent = scale_intrinsics(frame.K.to(self.device, torch.float32), 1 / cfg.downsample, 1 / cfg.downsample)
+        points = unproject_depth(depth, K_latent, frame.cam_to_world.to(self.device, torch.float32))
+        focal = 0.5 * (K_latent[:, 0, 0] + K_latent[:, 1, 1])
+        footprint = depth / focal.view(-1, 1, 1, 1)
+        pose = frame.cam_to_world.to(self.device, torch.float32)
+        patch = _fit_patch_to_cell(points, _patch_axes(points, depth, footprint, pose), K_latent, pose)
+
+        mask = keep[:, 0]
+        view = torch.arange(batch, device=self.device).view(-1, 1, 1).expand_as(mask)[mask]
+        new = {
+            "position": points[mask],
+            "latent": latents.permute(0, 2, 3, 1)[mask].to(self.latent.dtype),
+            "confidence": confidence[:, 0][mask],
+            "written": torch.full_like(view, self.step),
+            "last_used": torch.full_like(view, self.step),
+            "patch": patch[mask].half(),
+            "cache": ids[view],
+        }
+        new["key"] = self._voxel_keys(new["position"], footprint[:, 0][mask], new["cache"])
+        for name in _STATE:
+            setattr(self, name, torch.cat([getattr(self, name), new[name]]))
+        self._fuse()
+        self._enforce_budget()
+        return int(mask.sum())
+
+    def _token_depth(self, depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, 1, h, w) nearest valid depth at each cell's centre pixels (0 if none)."""
+        if depth.shape[-2:] == (height, width):
+            return depth.float()
+        ds = self.config.downsample
+        if depth.shape[-2:] != (height * ds, width * ds):
+            raise ValueError(f"`depth` must be (B, 1, {height * ds}, {width * ds}) for latents of "
+                             f"{height}x{width} and downsample {ds}, or per token (B, 1, {height}, {width}); "
+                             f"got {tuple(depth.shape)}")
+        centre = slice(ds // 2 - 1, ds // 2 + 1) if ds % 2 == 0 else slice(ds // 2, ds // 2 + 1)
+        if ds == 1:
+            centre = slice(0, 1)
+        blocks = depth.float().view(depth.shape[0], 1, height, ds, width, ds)[:, :, :, centre, :, centre]
+        valid = blocks > 0
+        nearest = torch.where(valid, blocks, torch.full_like(blocks, float("inf"))).amin(dim=(3, 5))
+        return torch.where(torch.isfinite(nearest), nearest, torch.zeros_like(nearest))
+
+    def _token_any(self, mask: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
+        """(B, 1, h, w) True where any pixel of the cell is set."""
+        if mask is None:
+            return torch.zeros(1, 1, height, width, dtype=torch.bool, device=self.device)
+        mask = mask.to(self.device).bool()
+        if mask.shape[-2:] == (height, width):
+            return mask
+        ds = self.config.downsample
+        if mask.shape[-2:] != (height * ds, width * ds):
+            raise ValueError(f"`dynamic` must be (B, 1, {height * ds}, {width * ds}) or (B, 1, {height}, {width}), "
+                             f"got {tuple(mask.shape)}")
+        return mask.view(mask.shape[0], 1, height, ds, width, ds).any(dim=5).any(dim=3)
+
+    def _voxel_keys(self, position: torch.Tensor, footprint: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        level = torch.floor(torch.log2((footprint / (2 * cfg.voxel_min_m)).clamp(min=1.0)))
+        level = level.clamp(max=cfg.voxel_levels - 1).long()
+        voxel = cfg.voxel_min_m * torch.pow(2.0, level.float())
+        cell = torch.floor(position / voxel[:, None]).long()
+        xy_half, z_half = 2 ** (_XY_BITS - 1), 2 ** (_Z_BITS - 1)
+        if cell.numel() and (cell[:, :2].abs().max() >= xy_half or cell[:, 2].abs().max() >= z_half):
+            raise ValueError(
+                f"a token lies too far from the world origin for the voxel key (|x|, |y| < "
+                f"{xy_half * cfg.voxel_min_m:.0f} m, |z| < {z_half * cfg.voxel_min_m:.0f} m); re-centre the scene"
+            )
+        key = cache
+        key = (key << _LEVEL_BITS) | level
+        key = (key << _XY_BITS) | (cell[:, 0] + xy_half)
+        key = (key << _XY_BITS) | (cell[:, 1] + xy_half)
+        return (key << _Z_BITS) | (cell[:, 2] + z_half)
+
+    def _fuse(self) -> None:
+        """Per voxel key keep the best observation: the most confident token, ties to the most
+        recently written, plus any tokens of the same write tied with it (one frame's tokens are
+        never merged with each other)."""
+        order = torch.argsort(self.written, descending=True, stable=True)
+        order = order[torch.argsort(self.confidence[order], descending=True, stable=True)]
+        order = order[torch.argsort(self.key[order], stable=True)]
+        sorted_key = self.key[order]
+        first = torch.ones_like(sorted_key, dtype=torch.bool)
+        first[1:] = sorted_key[1:] != sorted_key[:-1]
+        group = torch.cumsum(first.long(), 0) - 1
+        best = order[first][group]  # each token's group winner
+        keep = (self.written[order] == self.written[best]) & (self.confidence[order] == self.confidence[best])
+        for name in _STATE:
+            setattr(self, name, getattr(self, name)[order[keep]])
+
+    def _enforce_budget(self) -> None:
+        max_tokens = self.config.budget_bytes // self.bytes_per_token
+        counts = torch.bincount(self.cache, minlength=self.num_caches)
+        excess = (counts - max_tokens).clamp(min=0)
+        if not excess.any():
+            return
+        # Rank tokens within their cache by (last_used, confidence), oldest and least sure first.
+        order = torch.argsort(self.confidence, stable=True)
+        order = order[torch.argsort(self.last_used[order], stable=True)]
+        order = order[torch.argsort(self.cache[order], stable=True)]
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=self.device) - starts[self.cache[order]]
+        evict = torch.zeros(len(order), dtype=torch.bool, device=self.device)
+        evict[order] = rank < excess[self.cache[order]]
+        self._keep(~evict)
+
+    # ------------------------------------------------------------------ read
+    @torch.no_grad()
+    def read(self, cam_to_world: torch.Tensor, K: torch.Tensor, image_size: tuple[int, int], cache_ids=None) -> MemoryRead:
+        """Project the caches into target views.
+
+        ``cam_to_world`` (B, 4, 4) and ``K`` (B, 3, 3) describe cameras with images of
+        ``image_size`` = (H, W) pixels; the read is on their latent grid (H / downsample,
+        W / downsample). Returns a :class:`MemoryRead`.
+        """
+        check_intrinsics(K)
+        batch = K.shape[0]
+        check_poses(cam_to_world, batch)
+        ids = self._cache_ids(cache_ids, batch)
+        self.step += 1
+        cfg = self.config
+        image_h, image_w = image_size
+        if image_h % cfg.downsample or image_w % cfg.downsample:
+            raise ValueError(f"image_size {image_size} is not a multiple of downsample {cfg.downsample}")
+        height, width = image_h // cfg.downsample, image_w // cfg.downsample
+        K_latent = scale_intrinsics(K.to(self.device, torch.float32), 1 / cfg.downsample, 1 / cfg.downsample)
+        world_to_cam = invert_pose(cam_to_world.to(self.device, torch.float32))
+
+        view, token = (self.cache[None, :] == ids[:, None]).nonzero(as_tuple=True)
+        local = torch.einsum("pij,pj->pi", world_to_cam[view, :3, :3], self.position[token]) + world_to_cam[view, :3, 3]
+        z = local[:, 2]
+        safe_z = z.clamp(min=_NEAR_M)
+        fx, fy = K_latent[view, 0, 0], K_latent[view, 1, 1]
+        u = fx * local[:, 0] / safe_z + K_latent[view, 0, 2]
+        v = fy * local[:, 1] / safe_z + K_latent[view, 1, 2]
+        # The token's surface patch (centre +- its two half-axes) projected into the target.
+        corners = self.position[token, None, :] + torch.cat([self.patch[token], -self.patch[token]], 1).float()
+        corners = torch.einsum("pij,pkj->pki", world_to_cam[view, :3, :3], corners) + world_to_cam[view, None, :3, 3]
+        corner_z = corners[..., 2].clamp(min=_NEAR_M)
+        corner_u = fx[:, None] * corners[..., 0] / corner_z + K_latent[view, 0, 2, None]
+        corner_v = fy[:, None] * corners[..., 1] / corner_z + K_latent[view, 1, 2, None]
+        home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
+        radius = cfg.max_splat_radius
+        # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most `radius` away.
+        col0 = torch.minimum(torch.ceil(corner_u.min(1).values - 0.5).long(), home_col).clamp(min=home_col - radius)
+        col1 = torch.maximum(torch.floor(corner_u.max(1).values - 0.5).long(), home_col).clamp(max=home_col + radius)
+        row0 = torch.minimum(torch.ceil(corner_v.min(1).values - 0.5).long(), home_row).clamp(min=home_row - radius)
+        row1 = torch.maximum(torch.floor(corner_v.max(1).values - 0.5).long(), home_row).clamp(max=home_row + radius)
+        in_front = (z > _NEAR_M) & (col1 >= 0) & (col0 < width) & (row1 >= 0) & (row0 < height)
+        view, token, z = view[in_front], token[in_front], z[in_front]
+        home_col, home_row, col0, col1, row0, row1 = (t[in_front] for t in (home_col, home_row, col0, col1, row0, row1))
+
+        # Expand each token to the cells of its splat rectangle.
+        cols, rows = col1 - col0 + 1, row1 - row0 + 1
+        counts = cols * rows
+        pair = torch.arange(len(token), device=self.device).repeat_interleave(counts)
+        offset = torch.arange(int(counts.sum()), device=self.device) - (torch.cumsum(counts, 0) - counts)[pair]
+        col = col0[pair] + offset % cols[pair]
+        row = row0[pair] + torch.div(offset, cols[pair], rounding_mode="floor")
+        d_col, d_row = col - home_col[pair], row - home_row[pair]
+        inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+        pair, col, row = pair[inside], col[inside], row[inside]
+        ring = torch.maximum(d_col[inside].abs(), d_row[inside].abs()).float()
+        priority = z[pair] * (1 + cfg.splat_depth_penalty * ring)
+
+        cells = batch * height * width
+        cell = view[pair] * (height * width) + row * width + col
+        best = torch.full((cells,), float("inf"), device=self.device).scatter_reduce(0, cell, priority, reduce="amin")
+        tied = priority == best[cell]
+        winner = torch.full((cells,), -1, dtype=torch.long, device=self.device)
+        winner = winner.scatter_reduce(0, cell[tied], pair[tied], reduce="amax")
+        valid = winner >= 0
+        winner_token = token[winner[valid]]
+        latents = torch.zeros(cells, self.channels, dtype=self.latent.dtype, device=self.device)
+        latents[valid] = self.latent[winner_token]
+        depth = torch.zeros(cells, device=self.device)
+        depth[valid] = z[winner[valid]]
+        self.last_used[winner_token] = self.step
+        return _fill_gaps(
+            MemoryRead(
+                latents=latents.view(batch, height, width, self.channels).permute(0, 3, 1, 2).float(),
+                valid=valid.view(batch, 1, height, width),
+                depth=depth.view(batch, 1, height, width),
+            ),
+            reach=cfg.max_splat_radius,
+        )
+
+    # ------------------------------------------------------------------ snapshot
+    def save(self, path: str | Path) -> Path:
+        """Write the whole cache (tokens, clock, config) to a safetensors file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).contiguous().cpu() for name in _STATE}
+        metadata = {"format": "mirage-latent-cache/1", "num_caches": str(self.num_caches),
+                    "channels": str(self.channels), "step": str(self.step), "config": json.dumps(asdict(self.config))}
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> LatentCache:
+        """Restore a cache written by :meth:`save`, exactly."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latent cache snapshot not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path), device=str(device))
+        except Exception as error:  # safetensors raises several types for corrupt files
+            raise ValueError(f"{path} is not a readable latent cache snapshot ({error})") from error
+        if metadata.get("format") != "mirage-latent-cache/1":
+            raise ValueError(f"{path} is not a latent cache snapshot (format={metadata.get('format')!r})")
+        cache = cls(int(metadata["num_caches"]), int(metadata["channels"]),
+                    LatentCacheConfig(**json.loads(metadata["config"])), device)
+        for name in _STATE:
+            setattr(cache, name, tensors[name])
+        cache.step = int(metadata["step"])
+        return cache
+
+
+
+
+def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
+    """Fill empty cells lying between valid cells (see the module doc)."""
+    if reach < 1:
+        return read
+    stack = torch.cat([read.latents, read.depth, read.valid.float()], dim=1)  # (B, C + 2, h, w)
+    height, width = stack.shape[-2:]
+    best = torch.full_like(read.depth, float("inf"))
+    fill = torch.zeros_like(stack)
+    for step_row, step_col in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        sides = [_nearest_along(stack, step_row * sign, step_col * sign, reach, height, width) for sign in (1, -1)]
+        (first, first_found), (second, second_found) = sides
+        between = first_found & second_found & ~read.valid
+        nearer = torch.where((first[:, -2:-1] <= second[:, -2:-1]), first, second)
+        better = between & (nearer[:, -2:-1] < best)
+        best = torch.where(better, nearer[:, -2:-1], best)
+        fill = torch.where(better, nearer, fill)
+    filled = torch.isfinite(best)
+    return MemoryRead(
+        latents=torch.where(filled, fill[:, :-2], read.latents),
+        valid=read.valid | filled,
+        depth=torch.where(filled, fill[:, -2:-1], read.depth),
+    )
+
+
+def _nearest_along(stack: torch.Tensor, d_row: int, d_col: int, reach: int, height: int, width: int):
+    """For each cell, the first valid cell within ``reach`` steps of (d_row, d_col): its values
+    (B, C + 2, h, w) and whether one was found (B, 1, h, w)."""
+    found = torch.zeros_like(stack[:, -1:], dtype=torch.bool)
+    values = torch.zeros_like(stack)
+    rows = torch.arange(height, device=stack.device).view(-1, 1)
+    cols = torch.arange(width, device=stack.device).view(1, -1)
+    for step in range(1, reach + 1):
+        shifted = torch.roll(stack, shifts=(-d_row * step, -d_col * step), dims=(2, 3))
+        on_grid = ((rows + d_row * step >= 0) & (rows + d_row * step < height)
+                   & (cols + d_col * step >= 0) & (cols + d_col * step < width))
+        hit = (shifted[:, -1:] > 0) & on_grid & ~found
+        values = torch.where(hit, shifted, values)
+        found = found | hit
+    return values, found
+
+
+def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tensor, cam_to_world: torch.Tensor):
+    """(B, h, w, 2, 3) half-axes of each token's surface patch along the grid's columns and rows.
+
+    Half the vector between the token's neighbours' points where they lie on the same surface
+    (valid depth within a factor of 2); across an edge or at the border, the camera's own axis
+    scaled to half the fronto-parallel footprint.
+    """
+    depth = depth[:, 0]
+    axes = []
+    for dim, camera_axis in ((2, 0), (1, 1)):  # columns (image x), rows (image y)
+        fallback = cam_to_world[:, None, None, :3, camera_axis] * (footprint[:, 0, :, :, None] / 2)
+        steps = []
+        for shift in (-1, 1):  # neighbour at +1 (after rolling by -1) and at -1
+            other_points = torch.roll(points, shift, dims=dim)
+            other_depth = torch.roll(depth, shift, dims=dim)
+            same = (other_depth > 0) & ((depth - other_depth).abs() < torch.minimum(depth, other_depth))
+            edge = [slice(None)] * 3
+            edge[dim] = -1 if shift < 0 else 0  # torch.roll wraps: no neighbour past the border
+            same[tuple(edge)] = False
+            steps.append((torch.where(same[..., None], other_points - points, torch.zeros_like(points)), same))
+        (ahead, has_ahead), (behind, has_behind) = steps
+        both = has_ahead & has_behind
+        half = torch.where(both[..., None], (ahead - behind) / 4, (ahead - behind) / 2)
+        axes.append(torch.where((has_ahead | has_behind)[..., None], half, fallback))
+    return torch.stack(axes, dim=-2)
+
+
+def _fit_patch_to_cell(points: torch.Tensor, axes: torch.Tensor, K_latent: torch.Tensor, cam_to_world: torch.Tensor):
+    """Shrink each half-axis (B, h, w, 2, 3) so that, seen from the camera that wrote it, the
+    patch stays inside the token's own cell: a read from the same pose then shows every stored
+    token in its own cell and nowhere else."""
+    world_to_cam = invert_pose(cam_to_world)
+    rotation, translation = world_to_cam[:, None, None, :3, :3], world_to_cam[:, None, None, :3, 3]
+    centre = (rotation @ points[..., None])[..., 0] + translation  # (B, h, w, 3) camera frame
+    fx, fy = K_latent[:, 0, 0].view(-1, 1, 1), K_latent[:, 1, 1].view(-1, 1, 1)
+    u0 = fx * centre[..., 0] / centre[..., 2].clamp(min=_NEAR_M)
+    v0 = fy * centre[..., 1] / centre[..., 2].clamp(min=_NEAR_M)
+    fitted = []
+    for axis in range(2):
+        reach = torch.zeros_like(u0)
+        for sign in (1.0, -1.0):
+            corner = centre + sign * (rotation @ axes[..., axis, :, None])[..., 0]
+            z = corner[..., 2].clamp(min=_NEAR_M)
+            reach = torch.maximum(reach, (fx * corner[..., 0] / z - u0).abs())
+            reach = torch.maximum(reach, (fy * corner[..., 1] / z - v0).abs())
+        scale = (0.49 / reach.clamp(min=1e-9)).clamp(max=1.0)
+        fitted.append(axes[..., axis, :] * scale[..., None])
+    return torch.stack(fitted, dim=-2)

@@ -1,0 +1,65 @@
+"""What every spatial memory takes and returns, so the world model and benchmarks can swap them.
+
+A memory is written with :class:`MemoryFrame` batches and read at target poses, returning a
+:class:`MemoryRead` on the latent grid: conditioning latents, where they are valid, and their
+depth. Implementations: :class:`world_model.latent_cache.LatentCache` (the method) and
+:class:`world_model.pixel_memory.PixelMemory` (the pixel-space baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from world_model.camera import check_intrinsics, check_poses
+
+
+@dataclass
+class MemoryFrame:
+    """One batch of observed frames, one per cache (``cache_ids``).
+
+    ``latents`` (B, C, h, w): the VAE latents of the frames (the latent cache stores these).
+    ``rgb`` (B, 3, H, W) float in [0, 1]: the frames (the pixel baseline stores these).
+    ``depth`` (B, 1, H, W) [m] metric z-depth at image resolution, or (B, 1, h, w) per token;
+    values <= 0 mean no surface (sky).
+    ``K`` (B, 3, 3): intrinsics of the (H, W) image; ``cam_to_world`` (B, 4, 4).
+    ``dynamic`` (B, 1, H, W) or (B, 1, h, w) bool, optional: moving things; never stored.
+    ``confidence`` (B, 1, h, w) in [0, 1], optional: the caller's trust in each token (e.g.
+    from a depth head); multiplied with the memory's own estimate.
+    """
+
+    latents: torch.Tensor | None
+    depth: torch.Tensor
+    K: torch.Tensor
+    cam_to_world: torch.Tensor
+    rgb: torch.Tensor | None = None
+    dynamic: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
+
+    def check(self) -> int:
+        """Validate shapes; return the batch size."""
+        if self.depth.ndim != 4 or self.depth.shape[1] != 1:
+            raise ValueError(f"`depth` must be (B, 1, H, W), got {tuple(self.depth.shape)}")
+        batch = self.depth.shape[0]
+        check_intrinsics(self.K, batch)
+        check_poses(self.cam_to_world, batch)
+        for name in ("latents", "rgb", "dynamic", "confidence"):
+            value = getattr(self, name)
+            if value is not None and (value.ndim != 4 or value.shape[0] != batch):
+                raise ValueError(f"`{name}` must be a 4-D tensor with batch {batch}, got {tuple(value.shape)}")
+        if self.rgb is not None and self.rgb.shape[1] != 3:
+            raise ValueError(f"`rgb` must be (B, 3, H, W), got {tuple(self.rgb.shape)}")
+        if not torch.isfinite(self.depth).all():
+            raise ValueError("`depth` contains NaN or inf; mark missing depth with 0 (no surface)")
+        return batch
+
+
+@dataclass
+class MemoryRead:
+    """``latents`` (B, C, h, w) (zero where invalid), ``valid`` (B, 1, h, w) bool, ``depth``
+    (B, 1, h, w) [m] of the surface each valid cell shows (0 where invalid)."""
+
+    latents: torch.Tensor
+    valid: torch.Tensor
+    depth: torch.Tensor
