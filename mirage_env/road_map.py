@@ -214,12 +214,12 @@ class RoadMap:
                     chosen.append((node.xy[0], node.xy[1], node.yaw))
         return np.array(chosen, dtype=np.float64).reshape(-1, 3)
 
-    def plan_route(self, start, goal, start_yaw: float | None = None) -> Route:
+    def plan_route(self, start, goal, start_yaw: float | None = None, goal_yaw: float | None = None) -> Route:
         """Shortest route from ``start`` to ``goal`` (our world ``xy`` [m]) over the lane graph,
-        changing lanes where the map's lane marks allow it. ``start_yaw`` [rad] picks the lane
-        direction at the start."""
+        changing lanes where the map's lane marks allow it. ``start_yaw`` and ``goal_yaw`` [rad]
+        pick the lane direction at either end."""
         source = self.nearest_node(start, start_yaw)
-        target = self.nearest_node(goal)
+        target = self.nearest_node(goal, goal_yaw)
         target_xy = self.node_xy[target]
 
         def distance_to_goal(node: int, _target: int) -> float:

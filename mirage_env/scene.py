@@ -208,7 +208,8 @@ def _sample_road(road_map: RoadMap, step: float) -> tuple[list[_Band], list[list
             bands.append(_quad(predecessor, waypoint, Semantic.ROAD))
         for successor in waypoint.next(step):
             bands.append(_quad(waypoint, successor, Semantic.ROAD))
-            bands.extend(_marking_quads(waypoint, successor))
+            if not waypoint.is_junction:  # junction connectors overlap; real junctions are unpainted
+                bands.extend(_marking_quads(waypoint, successor))
             for side, lanes in outer.items():
                 for a, b in zip(lanes, _walk_outwards(successor, side)):
                     if a.lane_type == b.lane_type:
