@@ -32,10 +32,15 @@ class RouteExpert:
         self.route = route
         self.model = model or BicycleModel()
         self.config = config or ExpertConfig()
+        self.progress_m = 0.0  # [m] along the route: tracked so loops driven twice are followed
+
+    def _progress(self, state: VehicleState) -> float:
+        self.progress_m, _, _ = self.route.project((state.x, state.y), near_s=self.progress_m)
+        return self.progress_m
 
     def act(self, state: VehicleState) -> tuple[float, float]:
         cfg, model = self.config, self.model
-        s, _, _ = self.route.project((state.x, state.y))
+        s = self._progress(state)
         lookahead = cfg.lookahead_base_m + cfg.lookahead_per_mps * state.speed
         target = self.route.point_at(s + lookahead)
         dx, dy = target[0] - state.x, target[1] - state.y
@@ -59,7 +64,7 @@ class RouteExpert:
         return math.sqrt(self.config.max_lateral_accel_mps2 / max(curvature, 1e-6))
 
     def done(self, state: VehicleState) -> bool:
-        s, _, _ = self.route.project((state.x, state.y))
+        s = self._progress(state)
         return self.route.length - s <= self.config.stop_distance_m + 0.5 and state.speed < 0.1
 
 

@@ -98,9 +98,11 @@ class Route:
         """Route length [m]."""
         return float(self.cumulative_s[-1])
 
-    def project(self, xy) -> tuple[float, float, int]:
+    def project(self, xy, near_s: float | None = None, window_m: tuple[float, float] = (-10.0, 50.0)):
         """Closest point of the route to ``xy``: ``(s [m] along the route, signed lateral offset
-        [m] (> 0 left of the route), index of the segment)``."""
+        [m] (> 0 left of the route), index of the segment)``. With ``near_s`` [m], only segments
+        within ``window_m`` of it are considered: a route that passes the same place twice (a
+        loop driven again) is then tracked by progress instead of jumping back."""
         xy = np.asarray(xy, dtype=np.float64)[:2]
         start = self.points[:-1]
         segment = self.points[1:] - start
@@ -108,6 +110,9 @@ class Route:
         t = np.clip(((xy - start) * segment).sum(1) / length_sq, 0.0, 1.0)
         closest = start + segment * t[:, None]
         distance = np.linalg.norm(closest - xy, axis=1)
+        if near_s is not None:
+            outside = (self.cumulative_s[1:] < near_s + window_m[0]) | (self.cumulative_s[:-1] > near_s + window_m[1])
+            distance[outside] = np.inf
         index = int(np.argmin(distance))
         offset = xy - closest[index]
         direction = segment[index] / max(self.segment_length[index], 1e-9)
