@@ -234,11 +234,12 @@ def _quad(a: carla.Waypoint, b: carla.Waypoint, label: Semantic) -> _Band:
 
 
 def _marking_quads(a: carla.Waypoint, b: carla.Waypoint) -> list[_Band]:
-    """Quads of the painted left and right marks of the lane between samples ``a`` and ``b``."""
+    """Quads of the painted left and right marks of the lane between samples ``a`` and ``b``
+    (libcarla gives no marking object for a lane whose xodr has no ``roadMark``: nothing to paint)."""
     out: list[_Band] = []
     for side in ("left", "right"):
         mark_a = getattr(a, f"{side}_lane_marking")
-        if mark_a.type in (carla.LaneMarkingType.NONE, carla.LaneMarkingType.Grass, carla.LaneMarkingType.Curb):
+        if mark_a is None or mark_a.type in (carla.LaneMarkingType.NONE, carla.LaneMarkingType.Grass, carla.LaneMarkingType.Curb):
             continue
         if mark_a.type in _BROKEN_MARKS and (a.s % DASH_PERIOD_M) >= DASH_LENGTH_M:
             continue

@@ -50,7 +50,7 @@ def test_write_then_read_at_the_same_pose_is_the_identity(street):
     assert read.valid.expand_as(latents)[written].all()
     assert torch.equal(read.latents[written], latents[written])
     token_depth = cache._token_depth(out.depth[:1], 16, 16)[:, 0][written[:, 0]]
-    assert torch.allclose(read.depth[:, 0][written[:, 0]], token_depth, rtol=1e-5)
+    assert torch.allclose(read.depth[:, 0][written[:, 0]], token_depth, rtol=1e-3)  # positions are stored to voxel / 254
 
 
 def test_float16_storage_rounds_but_keeps_the_identity(street):
@@ -79,7 +79,7 @@ def test_moving_camera_sees_tokens_where_the_ground_truth_renderer_puts_them(str
     uv, token_depth = project_points(shown[None], scale_intrinsics(K[1:2], 1 / 8, 1 / 8), target)
     rows, cols = read.valid[0, 0].nonzero(as_tuple=True)
     assert ((uv[0, :, 0].floor() - cols).abs() <= 3).all() and ((uv[0, :, 1].floor() - rows).abs() <= 3).all()
-    assert torch.allclose(read.depth[0, 0][read.valid[0, 0]], token_depth[0], rtol=1e-4)
+    assert torch.allclose(read.depth[0, 0][read.valid[0, 0]], token_depth[0], rtol=1e-3)
     # ...and is visible from there: the ground-truth ray from the target camera through the
     # token's point reaches it (t = 1) rather than stopping at a nearer surface (t < 1).
     centre = target[0, :3, 3]
@@ -109,7 +109,7 @@ def test_near_surface_hides_far_surface():
     read = cache.read(pose, K, (64, 64))
     assert read.valid.all()
     assert (read.latents[0, 0, :, :4] == 1).all() and (read.latents[0, 0, :, 5:] == 0).all()
-    assert torch.allclose(read.depth[0, 0, :, :4], torch.tensor(5.0))
+    assert torch.allclose(read.depth[0, 0, :, :4], torch.tensor(5.0), rtol=1e-3)
     # From behind the near wall's plane the far wall shows again.
     behind = camera_pose(torch.tensor([[10.0, 0.0, 0.0]]), torch.zeros(1))
     assert (cache.read(behind, K, (64, 64)).latents[0, 0][cache.read(behind, K, (64, 64)).valid[0, 0]] == 0).all()
@@ -166,10 +166,10 @@ def test_budget_evicts_least_recently_used(street):
     cache = LatentCache(1, 4, LatentCacheConfig(budget_bytes=budget))
     cache.write(MemoryFrame(torch.randn(1, 4, 16, 16), out.depth[:1], K[:1], poses[:1]))
     assert cache.nbytes() <= budget and len(cache) == 150
-    newest = cache.written.max()
+    newest = cache.last_used.max()
     cache.write(MemoryFrame(torch.randn(1, 4, 16, 16), out.depth[2:3], K[:1], poses[2:3]))
     assert cache.nbytes() <= budget
-    assert (cache.written > newest).sum() > 100  # the new frame's tokens stay
+    assert (cache.last_used > newest).sum() > 100  # the new frame's tokens stay
 
 
 def test_caches_are_independent_and_batched(street):
@@ -188,7 +188,7 @@ def test_snapshot_restores_exactly(street, tmp_path):
     cache = LatentCache(2, 4)
     cache.write(MemoryFrame(torch.randn(2, 4, 16, 16), out.depth[:2], K[:2], poses[:2]))
     restored = LatentCache.load(cache.save(tmp_path / "cache.safetensors"))
-    for name in ("position", "latent", "confidence", "written", "last_used", "patch", "cache", "key"):
+    for name in ("key", "offset", "patch", "latent", "confidence", "last_used", "position"):
         assert torch.equal(getattr(restored, name), getattr(cache, name)), name
     assert restored.config == cache.config and restored.step == cache.step
     a, b = cache.read(poses[2:3], K[:1], (SIZE, SIZE)), restored.read(poses[2:3], K[:1], (SIZE, SIZE))

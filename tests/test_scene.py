@@ -50,3 +50,14 @@ def test_dressing_is_a_function_of_the_seed(town01, scene):
     assert not np.array_equal(other.objects.box_centre[:10], scene.objects.box_centre[:10])
     assert not np.allclose(other.class_colour, scene.class_colour)
     assert np.array_equal(other.ground.classes, scene.ground.classes)  # the map decides the ground
+
+
+def test_lanes_without_road_marks_are_dressed():
+    # Only the conftest map's centre lane has a <roadMark>; libcarla gives no marking object
+    # for the others, which once crashed the dressing.
+    from conftest import LEFT_TURN_XODR
+    from mirage_env.road_map import RoadMap
+
+    scene = dress_scene(RoadMap.from_xodr(LEFT_TURN_XODR, name="left_turn"), seed=0)
+    classes = set(np.unique(scene.ground.classes).tolist())
+    assert {int(Semantic.ROAD), int(Semantic.LANE_MARKING), int(Semantic.SIDEWALK)} <= classes

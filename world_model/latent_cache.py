@@ -14,13 +14,20 @@ Filter
     ``min_confidence``. Every write filters; nothing is special about the first frame.
 Fuse
     A token's voxel size follows its footprint (the width of its cell on the surface,
-    ``depth / focal``): ``voxel_min_m * 2**level``, the largest such size not above half the
-    footprint, so neighbouring tokens of one frame never share a voxel, while the same surface
-    seen again from a similar distance falls in the same voxel. A voxel keeps its best observation: the
-    most confident token, ties to the most recently written (with any tokens of that same write
-    tied with it: one frame's tokens are never merged with each other, which rarely matters and
-    keeps a read from the writing pose exact). So the cache grows with the area seen, not the
-    frames written.
+    ``depth / focal``): ``voxel_min_m * 2**level``, the smallest such size not below the
+    footprint, so a surface seen again from a similar distance falls in the same voxels, one
+    token per voxel and level. A voxel keeps its best observation: the most confident token,
+    ties to the most recently written, together with any tokens of that same write tied with it
+    (one frame's tokens are never merged with each other, which keeps a read from the writing
+    pose exact). So the cache grows with the area seen, not the frames written: a surface is
+    held at about one token per footprint at each distance band (a factor of 2) it was seen
+    from. Voxels are centred on multiples of their size, so flat ground at z = 0 does not
+    straddle a voxel boundary.
+Storage
+    A token takes 39 bytes with 8 float16 latent channels: its voxel key (8 bytes, which holds
+    the cache id, level and voxel), its position as an int8 offset from the voxel centre (3;
+    resolution voxel / 254), its patch half-axes in int8 units of voxel / 32 (6), the latent
+    vector, a float16 confidence (2) and an int32 clock of its last use (4).
 Budget
     Each cache holds at most ``budget_bytes``; beyond it the least recently used tokens (last
     written or shown by a read) are evicted first, lowest confidence first among equals.
@@ -52,14 +59,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from world_model.camera import check_intrinsics, check_poses, invert_pose, scale_intrinsics, unproject_depth
-from world_model.memory import MemoryFrame, MemoryRead
+from world_model.memory import MemoryFrame, MemoryRead, token_depth
 
-_STATE = ("position", "latent", "confidence", "written", "last_used", "patch", "cache", "key")
-# Bits of the packed voxel key: x and y 20 each, z 11, level 4, cache id 8 (63 in all).
+_STATE = ("key", "offset", "patch", "latent", "confidence", "last_used")
+# Bits of the packed voxel key: x and y 20 each, z 11, level 4, cache id 8 (63 in all); the cache
+# id is the top field, so a token's cache is ``key >> _CACHE_SHIFT`` and needs no tensor of its own.
 _XY_BITS, _Z_BITS, _LEVEL_BITS, _CACHE_BITS = 20, 11, 4, 8
+_CACHE_SHIFT = _LEVEL_BITS + 2 * _XY_BITS + _Z_BITS
+_OFFSET_STEPS = 254  # a position's offset from its voxel centre in int8 units of voxel / 254
+_PATCH_STEPS = 32  # patch half-axes in int8 units of voxel / 32 (up to ~4 voxels long)
 _NEAR_M = 1e-3
 
 
@@ -110,22 +122,39 @@ class LatentCache:
     def clear(self, cache_ids: torch.Tensor | list[int] | None = None) -> None:
         """Empty the given caches (all when None)."""
         if cache_ids is None:
-            long = dict(dtype=torch.long, device=self.device)
-            f32 = dict(dtype=torch.float32, device=self.device)
-            self.position = torch.zeros(0, 3, **f32)
+            int8 = dict(dtype=torch.int8, device=self.device)
+            self.key = torch.zeros(0, dtype=torch.long, device=self.device)  # cache, level, voxel
+            self.offset = torch.zeros(0, 3, **int8)  # position within the voxel
+            self.patch = torch.zeros(0, 2, 3, **int8)  # surface patch half-axes
             self.latent = torch.zeros(0, self.channels, dtype=getattr(torch, self.config.latent_dtype), device=self.device)
-            self.confidence = torch.zeros(0, **f32)
-            self.written = torch.zeros(0, **long)
-            self.last_used = torch.zeros(0, **long)
-            self.patch = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)
-            self.cache = torch.zeros(0, **long)
-            self.key = torch.zeros(0, **long)
+            self.confidence = torch.zeros(0, dtype=torch.float16, device=self.device)
+            self.last_used = torch.zeros(0, dtype=torch.int32, device=self.device)  # clock of the last write/read
             return
         ids = self._cache_ids(cache_ids, None)
         self._keep(~torch.isin(self.cache, ids))
 
     def __len__(self) -> int:
-        return self.position.shape[0]
+        return self.key.shape[0]
+
+    @property
+    def cache(self) -> torch.Tensor:
+        """(N,) the cache id of each token."""
+        return self.key >> _CACHE_SHIFT
+
+    @property
+    def position(self) -> torch.Tensor:
+        """(N, 3) world position of each token [m]."""
+        return self._positions(slice(None))
+
+    def _positions(self, index) -> torch.Tensor:
+        """(n, 3) world positions [m] of the tokens ``index``."""
+        cell, voxel = self._unpack(self.key[index])
+        return (cell + self.offset[index].float() / _OFFSET_STEPS) * voxel[:, None]
+
+    def _patch_axes(self, index: torch.Tensor) -> torch.Tensor:
+        """(n, 2, 3) patch half-axes [m] of the tokens ``index``."""
+        _, voxel = self._unpack(self.key[index])
+        return self.patch[index].float() * (voxel / _PATCH_STEPS)[:, None, None]
 
     def count(self, cache_id: int) -> int:
         """Tokens held by one cache."""
@@ -189,19 +218,19 @@ class LatentCache:
 
         mask = keep[:, 0]
         view = torch.arange(batch, device=self.device).view(-1, 1, 1).expand_as(mask)[mask]
+        key, cell, voxel = self._voxel_keys(points[mask], footprint[:, 0][mask], ids[view])
         new = {
-            "position": points[mask],
+            "key": key,
+            "offset": _to_int8((points[mask] / voxel[:, None] - cell) * _OFFSET_STEPS),
+            "patch": _to_int8(_shrink_to_int8_range(patch[mask] / voxel[:, None, None] * _PATCH_STEPS)),
             "latent": latents.permute(0, 2, 3, 1)[mask].to(self.latent.dtype),
-            "confidence": confidence[:, 0][mask],
-            "written": torch.full_like(view, self.step),
-            "last_used": torch.full_like(view, self.step),
-            "patch": patch[mask].half(),
-            "cache": ids[view],
+            "confidence": confidence[:, 0][mask].half(),
+            "last_used": torch.full_like(view, self.step, dtype=torch.int32),
         }
-        new["key"] = self._voxel_keys(new["position"], footprint[:, 0][mask], new["cache"])
+        old = len(self)
         for name in _STATE:
             setattr(self, name, torch.cat([getattr(self, name), new[name]]))
-        self._fuse()
+        self._fuse(old)
         self._enforce_budget()
         return int(mask.sum())
 
@@ -214,13 +243,7 @@ class LatentCache:
             raise ValueError(f"`depth` must be (B, 1, {height * ds}, {width * ds}) for latents of "
                              f"{height}x{width} and downsample {ds}, or per token (B, 1, {height}, {width}); "
                              f"got {tuple(depth.shape)}")
-        centre = slice(ds // 2 - 1, ds // 2 + 1) if ds % 2 == 0 else slice(ds // 2, ds // 2 + 1)
-        if ds == 1:
-            centre = slice(0, 1)
-        blocks = depth.float().view(depth.shape[0], 1, height, ds, width, ds)[:, :, :, centre, :, centre]
-        valid = blocks > 0
-        nearest = torch.where(valid, blocks, torch.full_like(blocks, float("inf"))).amin(dim=(3, 5))
-        return torch.where(torch.isfinite(nearest), nearest, torch.zeros_like(nearest))
+        return token_depth(depth, ds)
 
     def _token_any(self, mask: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
         """(B, 1, h, w) True where any pixel of the cell is set."""
@@ -235,12 +258,15 @@ class LatentCache:
                              f"got {tuple(mask.shape)}")
         return mask.view(mask.shape[0], 1, height, ds, width, ds).any(dim=5).any(dim=3)
 
-    def _voxel_keys(self, position: torch.Tensor, footprint: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    def _voxel_keys(self, position: torch.Tensor, footprint: torch.Tensor, cache: torch.Tensor):
+        """Packed keys (N,), voxel cells (N, 3) and voxel sizes (N,) [m] of new tokens."""
         cfg = self.config
-        level = torch.floor(torch.log2((footprint / (2 * cfg.voxel_min_m)).clamp(min=1.0)))
+        level = torch.ceil(torch.log2((footprint / cfg.voxel_min_m).clamp(min=1.0)))
         level = level.clamp(max=cfg.voxel_levels - 1).long()
         voxel = cfg.voxel_min_m * torch.pow(2.0, level.float())
-        cell = torch.floor(position / voxel[:, None]).long()
+        # Voxels centred on multiples of their size: flat ground at z = 0 sits mid-voxel instead
+        # of on a boundary where rounding noise would split it in two.
+        cell = torch.round(position / voxel[:, None]).long()
         xy_half, z_half = 2 ** (_XY_BITS - 1), 2 ** (_Z_BITS - 1)
         if cell.numel() and (cell[:, :2].abs().max() >= xy_half or cell[:, 2].abs().max() >= z_half):
             raise ValueError(
@@ -251,23 +277,40 @@ class LatentCache:
         key = (key << _LEVEL_BITS) | level
         key = (key << _XY_BITS) | (cell[:, 0] + xy_half)
         key = (key << _XY_BITS) | (cell[:, 1] + xy_half)
-        return (key << _Z_BITS) | (cell[:, 2] + z_half)
+        key = (key << _Z_BITS) | (cell[:, 2] + z_half)
+        return key, cell, voxel
 
-    def _fuse(self) -> None:
-        """Per voxel key keep the best observation: the most confident token, ties to the most
-        recently written, plus any tokens of the same write tied with it (one frame's tokens are
-        never merged with each other)."""
-        order = torch.argsort(self.written, descending=True, stable=True)
-        order = order[torch.argsort(self.confidence[order], descending=True, stable=True)]
+    def _unpack(self, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voxel cells (N, 3) as float and voxel sizes (N,) [m] of packed keys."""
+        z = (key & (2**_Z_BITS - 1)) - 2 ** (_Z_BITS - 1)
+        y = ((key >> _Z_BITS) & (2**_XY_BITS - 1)) - 2 ** (_XY_BITS - 1)
+        x = ((key >> (_Z_BITS + _XY_BITS)) & (2**_XY_BITS - 1)) - 2 ** (_XY_BITS - 1)
+        level = (key >> (_Z_BITS + 2 * _XY_BITS)) & (2**_LEVEL_BITS - 1)
+        voxel = self.config.voxel_min_m * torch.pow(2.0, level.float())
+        return torch.stack([x, y, z], dim=1).float(), voxel
+
+    def _fuse(self, old: int) -> None:
+        """Fuse the tokens from index ``old`` on (this write) into their voxels: in a voxel the
+        most confident token wins, ties to the new write; if it is new, the new tokens with its
+        confidence replace the voxel's old ones, else the old ones stay and the new are dropped.
+        Voxels this write did not touch keep what they hold."""
+        count = len(self)
+        is_new = torch.arange(count, device=self.device) >= old
+        touched = torch.isin(self.key, self.key[old:])
+        index = touched.nonzero()[:, 0]
+        # Within a voxel: most confident first, new before old among equals.
+        order = index[torch.argsort(is_new[index].int(), descending=True, stable=True)]
+        order = order[torch.argsort(self.confidence[order].float(), descending=True, stable=True)]
         order = order[torch.argsort(self.key[order], stable=True)]
         sorted_key = self.key[order]
         first = torch.ones_like(sorted_key, dtype=torch.bool)
         first[1:] = sorted_key[1:] != sorted_key[:-1]
-        group = torch.cumsum(first.long(), 0) - 1
-        best = order[first][group]  # each token's group winner
-        keep = (self.written[order] == self.written[best]) & (self.confidence[order] == self.confidence[best])
-        for name in _STATE:
-            setattr(self, name, getattr(self, name)[order[keep]])
+        best = order[first][torch.cumsum(first.long(), 0) - 1]  # each token's voxel winner
+        keep_sorted = torch.where(is_new[best], is_new[order] & (self.confidence[order] == self.confidence[best]),
+                                  ~is_new[order])
+        keep = ~touched
+        keep[order] = keep_sorted
+        self._keep(keep)
 
     def _enforce_budget(self) -> None:
         max_tokens = self.config.budget_bytes // self.bytes_per_token
@@ -307,21 +350,29 @@ class LatentCache:
         K_latent = scale_intrinsics(K.to(self.device, torch.float32), 1 / cfg.downsample, 1 / cfg.downsample)
         world_to_cam = invert_pose(cam_to_world.to(self.device, torch.float32))
 
-        view, token = (self.cache[None, :] == ids[:, None]).nonzero(as_tuple=True)
-        local = torch.einsum("pij,pj->pi", world_to_cam[view, :3, :3], self.position[token]) + world_to_cam[view, :3, 3]
-        z = local[:, 2]
-        safe_z = z.clamp(min=_NEAR_M)
-        fx, fy = K_latent[view, 0, 0], K_latent[view, 1, 1]
-        u = fx * local[:, 0] / safe_z + K_latent[view, 0, 2]
-        v = fy * local[:, 1] / safe_z + K_latent[view, 1, 2]
-        # The token's surface patch (centre +- its two half-axes) projected into the target.
-        corners = self.position[token, None, :] + torch.cat([self.patch[token], -self.patch[token]], 1).float()
-        corners = torch.einsum("pij,pkj->pki", world_to_cam[view, :3, :3], corners) + world_to_cam[view, None, :3, 3]
-        corner_z = corners[..., 2].clamp(min=_NEAR_M)
-        corner_u = fx[:, None] * corners[..., 0] / corner_z + K_latent[view, 0, 2, None]
-        corner_v = fy[:, None] * corners[..., 1] / corner_z + K_latent[view, 1, 2, None]
-        home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
         radius = cfg.max_splat_radius
+        cache = self.cache
+        parts = []
+        for b in range(batch):  # per view: its cache's tokens into its camera, culled early
+            token = (cache == ids[b]).nonzero()[:, 0]
+            rotation, translation = world_to_cam[b, :3, :3], world_to_cam[b, :3, 3]
+            local = self._positions(token) @ rotation.T + translation
+            z = local[:, 2]
+            fx, fy, cx, cy = K_latent[b, 0, 0], K_latent[b, 1, 1], K_latent[b, 0, 2], K_latent[b, 1, 2]
+            u = fx * local[:, 0] / z.clamp(min=_NEAR_M) + cx
+            v = fy * local[:, 1] / z.clamp(min=_NEAR_M) + cy
+            # Only tokens in front whose own cell is within a splat radius of the grid.
+            near = (z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius)
+            token, local, z, u, v = token[near], local[near], z[near], u[near], v[near]
+            # The token's surface patch (centre +- its two half-axes) projected into the target.
+            axes = self._patch_axes(token) @ rotation.T
+            corners = local[:, None, :] + torch.cat([axes, -axes], 1)
+            corner_z = corners[..., 2].clamp(min=_NEAR_M)
+            corner_u = fx * corners[..., 0] / corner_z + cx
+            corner_v = fy * corners[..., 1] / corner_z + cy
+            parts.append((torch.full_like(token, b), token, z, u, v, corner_u, corner_v))
+        view, token, z, u, v, corner_u, corner_v = (torch.cat(tensors) for tensors in zip(*parts))
+        home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
         # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most `radius` away.
         col0 = torch.minimum(torch.ceil(corner_u.min(1).values - 0.5).long(), home_col).clamp(min=home_col - radius)
         col1 = torch.maximum(torch.floor(corner_u.max(1).values - 0.5).long(), home_col).clamp(max=home_col + radius)
@@ -401,47 +452,56 @@ class LatentCache:
         return cache
 
 
+def _to_int8(values: torch.Tensor) -> torch.Tensor:
+    return values.round().clamp(-127, 127).to(torch.int8)
+
+
+def _shrink_to_int8_range(axes: torch.Tensor) -> torch.Tensor:
+    """Scale each half-axis (..., 3) down as a whole to fit int8: shorter, same direction, so
+    the patch stays inside the cells it covered (clipping components would turn it)."""
+    largest = axes.abs().amax(dim=-1, keepdim=True)
+    return axes * (127 / largest.clamp(min=127))
 
 
 def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
-    """Fill empty cells lying between valid cells (see the module doc)."""
+    """Fill empty cells lying between valid cells (see the module doc): per direction the
+    nearest valid cell on each side within ``reach``, the nearer-depth side if both exist,
+    and over the four directions the nearest candidate."""
     if reach < 1:
         return read
-    stack = torch.cat([read.latents, read.depth, read.valid.float()], dim=1)  # (B, C + 2, h, w)
-    height, width = stack.shape[-2:]
-    best = torch.full_like(read.depth, float("inf"))
-    fill = torch.zeros_like(stack)
+    batch, channels, height, width = read.latents.shape
+    inf = float("inf")
+    depth = F.pad(torch.where(read.valid, read.depth, inf), (reach,) * 4, value=inf)
+    index = F.pad(torch.arange(height * width, device=depth.device).view(1, 1, height, width).expand(batch, 1, -1, -1),
+                  (reach,) * 4, value=-1)
+    best_depth = torch.full_like(read.depth, inf)
+    best_index = torch.full_like(read.depth, -1, dtype=torch.long)
     for step_row, step_col in ((1, 0), (0, 1), (1, 1), (1, -1)):
-        sides = [_nearest_along(stack, step_row * sign, step_col * sign, reach, height, width) for sign in (1, -1)]
-        (first, first_found), (second, second_found) = sides
-        between = first_found & second_found & ~read.valid
-        nearer = torch.where((first[:, -2:-1] <= second[:, -2:-1]), first, second)
-        better = between & (nearer[:, -2:-1] < best)
-        best = torch.where(better, nearer[:, -2:-1], best)
-        fill = torch.where(better, nearer, fill)
-    filled = torch.isfinite(best)
+        sides = []
+        for sign in (1, -1):
+            found_depth, found_index = torch.full_like(read.depth, inf), torch.full_like(best_index, -1)
+            for step in range(reach, 0, -1):  # far to near, so the nearest valid cell wins
+                row, col = reach + sign * step_row * step, reach + sign * step_col * step
+                cells = (..., slice(row, row + height), slice(col, col + width))
+                hit = depth[cells] < inf
+                found_depth = torch.where(hit, depth[cells], found_depth)
+                found_index = torch.where(hit, index[cells], found_index)
+            sides.append((found_depth, found_index))
+        (first_depth, first_index), (second_depth, second_index) = sides
+        between = (first_depth < inf) & (second_depth < inf) & ~read.valid
+        candidate_depth = torch.minimum(first_depth, second_depth)
+        candidate_index = torch.where(first_depth <= second_depth, first_index, second_index)
+        better = between & (candidate_depth < best_depth)
+        best_depth = torch.where(better, candidate_depth, best_depth)
+        best_index = torch.where(better, candidate_index, best_index)
+    filled = best_index >= 0
+    source = best_index.clamp(min=0).view(batch, 1, -1)
+    fill_latents = read.latents.reshape(batch, channels, -1).gather(2, source.expand(-1, channels, -1))
     return MemoryRead(
-        latents=torch.where(filled, fill[:, :-2], read.latents),
+        latents=torch.where(filled, fill_latents.view_as(read.latents), read.latents),
         valid=read.valid | filled,
-        depth=torch.where(filled, fill[:, -2:-1], read.depth),
+        depth=torch.where(filled, best_depth, read.depth),
     )
-
-
-def _nearest_along(stack: torch.Tensor, d_row: int, d_col: int, reach: int, height: int, width: int):
-    """For each cell, the first valid cell within ``reach`` steps of (d_row, d_col): its values
-    (B, C + 2, h, w) and whether one was found (B, 1, h, w)."""
-    found = torch.zeros_like(stack[:, -1:], dtype=torch.bool)
-    values = torch.zeros_like(stack)
-    rows = torch.arange(height, device=stack.device).view(-1, 1)
-    cols = torch.arange(width, device=stack.device).view(1, -1)
-    for step in range(1, reach + 1):
-        shifted = torch.roll(stack, shifts=(-d_row * step, -d_col * step), dims=(2, 3))
-        on_grid = ((rows + d_row * step >= 0) & (rows + d_row * step < height)
-                   & (cols + d_col * step >= 0) & (cols + d_col * step < width))
-        hit = (shifted[:, -1:] > 0) & on_grid & ~found
-        values = torch.where(hit, shifted, values)
-        found = found | hit
-    return values, found
 
 
 def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tensor, cam_to_world: torch.Tensor):

@@ -63,3 +63,18 @@ class MemoryRead:
     latents: torch.Tensor
     valid: torch.Tensor
     depth: torch.Tensor
+
+
+def token_depth(depth: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Per-token depth (B, 1, H / downsample, W / downsample) of an image depth map (B, 1, H, W):
+    the nearest valid (> 0) depth among the pixels at each cell's centre (the central 2 x 2 for
+    an even ``downsample``), 0 if none. Nearest, so a token on an object edge lands on the
+    object instead of floating between it and the background."""
+    batch, _, height, width = depth.shape
+    ds = downsample
+    if ds == 1:
+        return depth.float()
+    centre = slice(ds // 2 - 1, ds // 2 + 1) if ds % 2 == 0 else slice(ds // 2, ds // 2 + 1)
+    blocks = depth.float().view(batch, 1, height // ds, ds, width // ds, ds)[:, :, :, centre, :, centre]
+    nearest = torch.where(blocks > 0, blocks, torch.full_like(blocks, float("inf"))).amin(dim=(3, 5))
+    return torch.where(torch.isfinite(nearest), nearest, torch.zeros_like(nearest))
