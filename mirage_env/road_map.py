@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import carla
 import networkx as nx
@@ -72,6 +73,14 @@ class LanePoint:
     lane_id: int
     s: float  # [m] OpenDRIVE s coordinate along the road
     is_junction: bool
+
+
+class LaneOffset(NamedTuple):
+    """A point relative to the nearest driving lane."""
+
+    beyond_edge_m: float  # [m] distance outside the lane's edge, 0 inside it (inf: no lane)
+    lane_yaw: float  # [rad] the lane's direction of travel
+    in_junction: bool
 
 
 @dataclass
@@ -260,6 +269,22 @@ class RoadMap:
         if best is None:
             raise ValueError(f"no connected pair of spawn points found in {self.name!r}")
         return best
+
+    def driving_lane_offset(self, xy) -> LaneOffset:
+        """Where ``xy`` [m] lies relative to the nearest driving lane (see :class:`LaneOffset`)."""
+        from mirage_env.carla_frame import world_to_location
+
+        xy = np.asarray(xy, dtype=np.float64)[:2]
+        waypoint = self.carla_map.get_waypoint(
+            world_to_location(xy), project_to_road=True, lane_type=carla.LaneType.Driving
+        )
+        if waypoint is None:
+            return LaneOffset(math.inf, 0.0, False)
+        # The projected waypoint is the lane centre at the point's own s, so the distance to
+        # it is lateral (or longitudinal beyond a dead end, which is off the road as well).
+        centre, yaw = transform_to_world(waypoint.transform)
+        beyond = float(np.linalg.norm(centre[:2] - xy)) - 0.5 * float(waypoint.lane_width)
+        return LaneOffset(max(0.0, beyond), yaw, bool(waypoint.is_junction))
 
     def waypoint_at(self, xy, lane_type: carla.LaneType = carla.LaneType.Driving):
         """libcarla waypoint of the lane of ``lane_type`` containing ``xy``, or None off it."""
