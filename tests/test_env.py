@@ -380,8 +380,8 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageDrive-v0", bend_map, fps=10)
     with pytest.raises(ValueError, match="observation"):
         make("MirageDrive-v0", bend_map, observation="depth")
-    with pytest.raises(NotImplementedError, match="world model"):
-        make("MirageWorld-v0", bend_map, renderer="world_model")
+    with pytest.raises(ValueError, match="memory"):
+        make("MirageWorld-v0", bend_map, memory="voxels")
 
 
 def test_missing_maps_raise_file_not_found(bend_map, tmp_path):

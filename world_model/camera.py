@@ -202,3 +202,29 @@ def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+def relative_motion(from_pose: torch.Tensor, to_pose: torch.Tensor) -> torch.Tensor:
+    """(B, 6) motion from camera ``from_pose`` to ``to_pose`` (B, 4, 4), in ``from``'s camera
+    frame: translation [m] then rotation vector [rad] (axis times angle)."""
+    relative = invert_pose(from_pose) @ to_pose
+    return torch.cat([relative[:, :3, 3], rotation_vector(relative[:, :3, :3])], dim=1)
+
+
+def rotation_vector(rotation: torch.Tensor) -> torch.Tensor:
+    """(B, 3) axis-angle vectors of rotation matrices (B, 3, 3), through unit quaternions
+    (stable at small angles and near pi)."""
+    m = rotation
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    # Quaternion magnitudes from the diagonal, signs from the off-diagonal differences.
+    w = 0.5 * torch.sqrt((1 + trace).clamp(min=0))
+    x = 0.5 * torch.sqrt((1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2]).clamp(min=0))
+    y = 0.5 * torch.sqrt((1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2]).clamp(min=0))
+    z = 0.5 * torch.sqrt((1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]).clamp(min=0))
+    x = torch.copysign(x, m[:, 2, 1] - m[:, 1, 2])
+    y = torch.copysign(y, m[:, 0, 2] - m[:, 2, 0])
+    z = torch.copysign(z, m[:, 1, 0] - m[:, 0, 1])
+    vector = torch.stack([x, y, z], dim=1)
+    sine = vector.norm(dim=1, keepdim=True)
+    angle = 2 * torch.atan2(sine, w[:, None])
+    return vector * torch.where(sine > 1e-8, angle / sine.clamp(min=1e-12), torch.full_like(sine, 2.0))

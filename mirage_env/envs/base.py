@@ -48,7 +48,10 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.config = config.updated(overrides)
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "render_fps": 1.0 / self.config.dt_s}
-        self.frames: FrameSource = make_frame_source(self.config.renderer, self.config.height, self.config.width)
+        self.frames: FrameSource = make_frame_source(
+            self.config.renderer, self.config.height, self.config.width, self.config.world_model_path,
+            self.config.memory, self.config.device,
+        )
         self.slot = 0  # this env's slot in the frame source
         self.observation_space = observation_space(self.config)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(len(self.action_names),), dtype=np.float32)
@@ -95,7 +98,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.episode_config = self.config.updated(options or {}, at_reset=True)
         scenario = self._make_scenario(self.episode_config)
         start = self._start(scenario)
-        self.frames.reset(self.slot, start, scenario)
+        self.frames.reset(self.slot, start, scenario, seed=int(self.np_random.integers(2**31)))
         self.scenario = scenario
         self.K = start.K[0]
         route = scenario.route if isinstance(scenario, MapScenario) else None

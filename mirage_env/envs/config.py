@@ -21,10 +21,12 @@ import numpy as np
 
 from mirage_env.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_TERMS
 from mirage_env.vehicle import BicycleModel, CameraMount
+from world_model.world_model import MEMORIES
 
 OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
-CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size"})
+CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
+                               "world_model_path", "memory"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
 
@@ -43,6 +45,8 @@ class EnvConfig:
     route_max_length_m: float = 300.0  # [m]
     # --- frames and observations -------------------------------------------------------------
     renderer: str = "ground_truth"  # "ground_truth" (the exact scene) or "world_model"
+    world_model_path: str | None = None  # world-model weights folder; None: the model shipped in the package
+    memory: str = "latent"  # the world model's memory: "latent" (cache), "pixel" (baseline) or "none"
     device: str = "cpu"  # torch device that renders
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
@@ -86,6 +90,7 @@ class EnvConfig:
             f"`observation` must be one of {OBSERVATION_MODES}, got {self.observation!r}",
         )
         require(self.renderer in RENDERERS, f"`renderer` must be one of {RENDERERS}, got {self.renderer!r}")
+        require(self.memory in MEMORIES, f"`memory` must be one of {MEMORIES}, got {self.memory!r}")
         require(0.0 < self.fov_deg < 180.0, f"`fov_deg` must be in (0, 180), got {self.fov_deg}")
         require(self.dt_s > 0.0, f"`dt_s` must be > 0 seconds, got {self.dt_s}")
         require(

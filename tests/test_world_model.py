@@ -1,0 +1,209 @@
+import math
+
+import pytest
+import torch
+
+from world_model.backbone import Conditioning
+from world_model.camera import camera_pose, intrinsics_from_fov
+from world_model.memory import MemoryRead
+from world_model.metrics import laplacian_variance, psnr, ssim
+from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+from world_model.world_model import WorldModel, WorldModelConfig
+
+SIZE = 32
+
+
+def tiny_backbone(seed: int = 0) -> TinyBackbone:
+    torch.manual_seed(seed)
+    autoencoder = TinyAutoencoder(encoder_channels=(8, 16), decoder_channels=(16, 8), decoder_blocks=(1, 1),
+                                  depth_channels=8, norm_groups=4)
+    generator = TinyGenerator(block_out_channels=(16, 32), norm_groups=8)
+    return TinyBackbone(autoencoder, generator)
+
+
+def street_start(batch: int = 1):
+    generator = torch.Generator().manual_seed(1)
+    rgb = torch.randint(0, 256, (batch, SIZE, SIZE, 3), dtype=torch.uint8, generator=generator)
+    depth = torch.full((batch, 1, SIZE, SIZE), 8.0)
+    depth[:, :, : SIZE // 4] = 0.0  # sky on top
+    K = intrinsics_from_fov(90, SIZE, SIZE).expand(batch, 3, 3)
+    pose = camera_pose(torch.zeros(batch, 3) + torch.tensor([0.0, 0.0, 1.5]), torch.zeros(batch))
+    return rgb, depth, K, pose
+
+
+def forward_poses(batch: int, steps: int, step_m: float = 0.5) -> torch.Tensor:
+    x = step_m * torch.arange(1, steps + 1, dtype=torch.float32)
+    position = torch.stack([x, torch.zeros_like(x), torch.full_like(x, 1.5)], 1)
+    poses = camera_pose(position, torch.zeros(steps))
+    return poses[None].expand(batch, -1, -1, -1)
+
+
+def test_render_shapes_and_memory_growth():
+    rgb, depth, K, pose = street_start(2)
+    model = WorldModel(tiny_backbone(), num_envs=2)
+    model.reset(rgb, K, pose, depth=depth)
+    tokens_after_reset = len(model.memory)
+    grid = SIZE // 4
+    # The start frame's sky rows are filtered; everything else is stored.
+    assert tokens_after_reset == 2 * (grid - grid // 4) * grid
+    out = model.render(forward_poses(2, 3), K, generator=torch.Generator().manual_seed(0))
+    assert out.rgb.shape == (2, 3, SIZE, SIZE, 3) and out.rgb.dtype == torch.uint8
+    assert out.depth.shape == out.valid.shape == (2, 3, 1, grid, grid)
+    assert out.valid[:, 0].any()  # the start frame is seen again from 0.5 m ahead
+    assert len(model.memory) >= tokens_after_reset
+
+
+def test_render_is_deterministic_under_a_generator():
+    rgb, depth, K, pose = street_start()
+    outputs = []
+    for _ in range(2):
+        model = WorldModel(tiny_backbone(seed=3))
+        model.reset(rgb, K, pose, depth=depth)
+        outputs.append(model.render(forward_poses(1, 4), K, generator=torch.Generator().manual_seed(7)).rgb)
+    assert torch.equal(outputs[0], outputs[1])
+    model = WorldModel(tiny_backbone(seed=3))
+    model.reset(rgb, K, pose, depth=depth)
+    other = model.render(forward_poses(1, 4), K, generator=torch.Generator().manual_seed(8)).rgb
+    assert not torch.equal(outputs[0], other)  # the noise channels do matter
+
+
+def test_dynamic_tokens_are_never_written():
+    rgb, depth, K, pose = street_start()
+    model = WorldModel(tiny_backbone())
+    dynamic = torch.zeros(1, 1, SIZE, SIZE, dtype=torch.bool)
+    dynamic[..., SIZE // 2 :, :] = True  # a moving thing on the bottom half
+    model.reset(rgb, K, pose, depth=depth, dynamic=dynamic)
+    grid = SIZE // 4
+    assert len(model.memory) == (grid // 2 - grid // 4) * grid
+    before = len(model.memory)
+    all_dynamic = torch.ones(1, 2, 1, SIZE, SIZE, dtype=torch.bool)
+    model.render(forward_poses(1, 2), K, dynamic=all_dynamic, depth=torch.full((1, 2, 1, SIZE, SIZE), 8.0))
+    assert len(model.memory) == before  # every write filters, not only the first frame
+
+
+def test_chunks_pass_their_last_frame_on_as_context():
+    rgb, depth, K, pose = street_start()
+    backbone = tiny_backbone()
+    seen = []
+    generate = backbone.generate
+
+    def recording(conditioning, generator=None):
+        seen.append(conditioning.context.clone())
+        latents = generate(conditioning, generator)
+        seen.append(latents.clone())
+        return latents
+
+    backbone.generate = recording
+    model = WorldModel(backbone, config=WorldModelConfig(chunk_length=2))
+    model.reset(rgb, K, pose, depth=depth)
+    out = model.render(forward_poses(1, 5), K, generator=torch.Generator().manual_seed(0))
+    assert out.rgb.shape[1] == 5
+    contexts, latents = seen[0::2], seen[1::2]
+    assert [lat.shape[0] for lat in latents] == [2, 2, 1]
+    for chunk in range(1, 3):
+        assert torch.equal(contexts[chunk][0, -1], latents[chunk - 1][-1])
+
+
+@pytest.mark.parametrize("memory", ["latent", "pixel", "none"])
+def test_memories_are_swappable(memory):
+    rgb, depth, K, pose = street_start()
+    model = WorldModel(tiny_backbone(), config=WorldModelConfig(memory=memory))
+    model.reset(rgb, K, pose, depth=depth)
+    out = model.render(forward_poses(1, 2, step_m=0.2), K, generator=torch.Generator().manual_seed(0))
+    assert out.valid.any() == (memory != "none")
+
+
+def test_bad_input_is_refused():
+    rgb, depth, K, pose = street_start()
+    model = WorldModel(tiny_backbone())
+    with pytest.raises(RuntimeError, match="reset"):
+        model.render(forward_poses(1, 1), K)
+    model.reset(rgb, K, pose, depth=depth)
+    with pytest.raises(ValueError, match="cam_to_world"):
+        model.render(torch.eye(4), K)
+    with pytest.raises(ValueError, match="layout"):
+        model.render(forward_poses(1, 2), K, layout=torch.zeros(1, 3, 3, 8, 8))
+    with pytest.raises(ValueError, match="rgb"):
+        model.reset(rgb.float(), K, pose)  # float images must be (B, 3, H, W) in [0, 1]
+    with pytest.raises(ValueError, match="env_ids"):
+        model.render(forward_poses(1, 1), K, env_ids=[3])
+    with pytest.raises(ValueError, match="memory"):
+        WorldModelConfig(memory="voxels")
+
+
+def test_conditioning_shapes_are_checked():
+    grid = 8
+    read = MemoryRead(torch.zeros(2, 8, grid, grid), torch.zeros(2, 1, grid, grid, dtype=torch.bool),
+                      torch.zeros(2, 1, grid, grid))
+    good = Conditioning(read, torch.zeros(1, 1, 8, grid, grid), torch.zeros(2, 6))
+    assert good.check(8) == (1, 2)
+    with pytest.raises(ValueError, match="motion"):
+        Conditioning(read, torch.zeros(1, 1, 8, grid, grid), torch.zeros(2, 3)).check(8)
+    with pytest.raises(ValueError, match="context"):
+        Conditioning(read, torch.zeros(1, 8, grid, grid), torch.zeros(2, 6)).check(8)
+
+
+def test_pretrained_round_trip_and_clear_errors(tmp_path):
+    backbone = tiny_backbone()
+    path = backbone.save_pretrained(tmp_path / "model")
+    loaded = TinyBackbone.from_pretrained(path)
+    images = torch.rand(1, 3, SIZE, SIZE)
+    assert torch.equal(loaded.decode(loaded.encode(images)), backbone.decode(backbone.encode(images)))
+    weights = path / "generator" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="generator"):
+        TinyBackbone.from_pretrained(path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
+        TinyBackbone.from_pretrained(path)
+
+
+def test_depth_head_confidence_falls_with_expected_error():
+    autoencoder = tiny_backbone().autoencoder
+    latents = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        autoencoder.depth_head[-1].bias.copy_(torch.tensor([math.log(10.0), math.log(0.01), -5.0]))
+        autoencoder.depth_head[-1].weight.zero_()
+        depth, sure = autoencoder.estimate_depth(latents)
+        autoencoder.depth_head[-1].bias.copy_(torch.tensor([math.log(10.0), math.log(0.5), -5.0]))
+        _, unsure = autoencoder.estimate_depth(latents)
+        autoencoder.depth_head[-1].bias.copy_(torch.tensor([math.log(10.0), math.log(0.01), 5.0]))
+        sky_depth, sky_confidence = autoencoder.estimate_depth(latents)
+    assert torch.allclose(depth, torch.tensor(10.0)) and (sure > 0.8).all() and (unsure < 0.01).all()
+    assert (sky_depth == 0).all() and (sky_confidence == 0).all()
+
+
+def test_metrics():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 32, 32, generator=generator)
+    assert torch.isinf(psnr(image, image)).logical_not().all() and (psnr(image, image) > 90).all()
+    assert torch.allclose(psnr(image, (image + 0.1).clamp(0, 1)), psnr((image + 0.1).clamp(0, 1), image))
+    assert torch.allclose(ssim(image, image), torch.ones(2), atol=1e-5)
+    assert (ssim(image, torch.rand(2, 3, 32, 32, generator=generator)) < 0.2).all()
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1)
+    assert (laplacian_variance(blurred) < 0.3 * laplacian_variance(image)).all()
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mask[..., :16] = True
+    half_wrong = image.clone()
+    half_wrong[..., 16:] = 0
+    assert (psnr(half_wrong, image, mask) > 90).all() and (psnr(half_wrong, image) < 20).all()
+
+
+def test_env_frames_from_a_world_model_folder(tmp_path):
+    """MirageWorld-v0 explores a user's start image with a world model loaded from a folder."""
+    import gymnasium as gym
+    import numpy as np
+
+    import mirage_env  # noqa: F401  (registers the envs)
+
+    path = tiny_backbone().save_pretrained(tmp_path / "model")
+    env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32)
+    start = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    observations = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=5, options={"start_image": start, "start_depth": np.full((32, 32), 6.0)})
+        obs, *_ = env.step(np.array([0, 0, 0.5, 0, 0, 0], dtype=np.float32))
+        observations.append(obs["rgb"])
+    assert observations[0].shape == (32, 32, 3) and np.array_equal(observations[0], observations[1])
+    with pytest.raises(FileNotFoundError, match="train-world-model"):
+        gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(tmp_path / "nothing"))

@@ -1,0 +1,258 @@
+"""The default CPU backbone: a small autoencoder with a co-trained depth head, and a one-step
+generator, both built from diffusers classes and trained by ``mirage train-world-model``.
+
+TinyAutoencoder
+    Encoder: a stride-2 convolution and a diffusers ``ResnetBlock2D`` per level, 4x down to
+    (8, H/4, W/4) latents. Decoder: residual blocks at the latent grid, then sub-pixel
+    (pixel-shuffle) upsampling, so most of its work runs at low resolution: decoding is the
+    per-step cost that bounds frames per second. The depth head reads the latents (the
+    published method co-trains a depth estimator on them) and predicts, per token, log depth,
+    its expected error and whether the token is sky.
+TinyGenerator
+    A diffusers ``UNet2DModel`` on the latent grid that generates a target frame's latents in
+    one step from the memory read (latents, validity, depth), the latest context latents, the
+    camera motion since them, the road layout and a few channels of noise. It predicts a
+    correction to a base (the memory latents where valid, the latest context elsewhere), and is
+    trained with a regression and an adversarial loss so that new content is sharp rather than
+    a blurred average; the noise, drawn from the caller's ``torch.Generator``, is what lets it
+    choose one texture among many.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+from world_model.backbone import Conditioning
+
+MIN_DEPTH_M, MAX_DEPTH_M = 0.3, 300.0  # [m] range of the depth head
+DEPTH_ERROR_FOR_HALF_CONFIDENCE = 0.07  # expected |log depth error| at which confidence is 0.5
+
+
+class _Residual(nn.Module):
+    """A ``ResnetBlock2D`` without a time embedding, usable in ``nn.Sequential``."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.block = ResnetBlock2D(in_channels=channels, out_channels=channels, temb_channels=None, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x, None)
+
+
+def _residuals(channels: int, count: int, groups: int) -> list[nn.Module]:
+    return [_Residual(channels, groups) for _ in range(count)]
+
+
+class TinyAutoencoder(ModelMixin, ConfigMixin):
+    """Images (B, 3, H, W) in [0, 1] <-> latents (B, latent_channels, H / 2**levels, W / 2**levels),
+    plus a depth head on the latents. ``levels`` = ``len(encoder_channels)``."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        encoder_channels: tuple[int, ...] = (32, 64),
+        decoder_channels: tuple[int, ...] = (64, 32),
+        decoder_blocks: tuple[int, ...] = (2, 1),
+        depth_channels: int = 32,
+        norm_groups: int = 8,
+    ):
+        super().__init__()
+        if len(decoder_channels) != len(encoder_channels) or len(decoder_blocks) != len(decoder_channels):
+            raise ValueError("encoder_channels, decoder_channels and decoder_blocks must have one entry per level")
+        layers: list[nn.Module] = []
+        previous = 3
+        for channels in encoder_channels:
+            layers += [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.SiLU(), _Residual(channels, norm_groups)]
+            previous = channels
+        layers += [nn.GroupNorm(norm_groups, previous), nn.SiLU(), nn.Conv2d(previous, latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*layers)
+
+        layers = [nn.Conv2d(latent_channels, decoder_channels[0], 3, padding=1)]
+        for level, (channels, blocks) in enumerate(zip(decoder_channels, decoder_blocks)):
+            layers += _residuals(channels, blocks, norm_groups)
+            last = level == len(decoder_channels) - 1
+            out = 3 if last else decoder_channels[level + 1]
+            if last:
+                layers += [nn.GroupNorm(norm_groups, channels), nn.SiLU()]
+            layers += [nn.Conv2d(channels, out * 4, 3, padding=1), nn.PixelShuffle(2)]
+        self.decoder = nn.Sequential(*layers)
+
+        self.depth_head = nn.Sequential(
+            nn.Conv2d(latent_channels, depth_channels, 3, padding=1),
+            nn.SiLU(),
+            *_residuals(depth_channels, 2, norm_groups),
+            nn.Conv2d(depth_channels, 3, 3, padding=1),  # log depth, log expected error, sky logit
+        )
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** len(self.config.encoder_channels)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.downsample)
+        return self.encoder(images * 2 - 1)
+
+    def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decoder output before clamping, in [-1, 1] image units (for training losses)."""
+        return self.decoder(latents)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((self.decode_raw(latents) + 1) / 2).clamp(0, 1)
+
+    def depth_outputs(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw head outputs (B, 1, h, w) each: log depth, log expected |log depth error|, sky logit."""
+        out = self.depth_head(latents)
+        log_depth = out[:, :1].clamp(math.log(MIN_DEPTH_M), math.log(MAX_DEPTH_M))
+        return log_depth, out[:, 1:2], out[:, 2:3]
+
+    def estimate_depth(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token depth (B, 1, h, w) [m] (0 where the head sees sky) and confidence in [0, 1]:
+        ``0.5 ** (expected error / DEPTH_ERROR_FOR_HALF_CONFIDENCE)``, 0 on sky."""
+        log_depth, log_error, sky_logit = self.depth_outputs(latents)
+        sky = sky_logit > 0
+        depth = torch.where(sky, torch.zeros_like(log_depth), log_depth.exp())
+        confidence = torch.pow(0.5, log_error.exp() / DEPTH_ERROR_FOR_HALF_CONFIDENCE)
+        return depth, torch.where(sky, torch.zeros_like(confidence), confidence)
+
+
+class TinyGenerator(ModelMixin, ConfigMixin):
+    """One-step latent generator: a ``UNet2DModel`` over the conditioning channels."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        context_frames: int = 1,
+        layout_channels: int = 3,
+        noise_channels: int = 2,
+        block_out_channels: tuple[int, ...] = (32, 64, 96),
+        layers_per_block: int = 1,
+        norm_groups: int = 16,
+    ):
+        super().__init__()
+        in_channels = latent_channels * (1 + context_frames) + 2 + 6 + layout_channels + noise_channels
+        levels = len(block_out_channels)
+        self.unet = UNet2DModel(
+            in_channels=in_channels,
+            out_channels=latent_channels,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+            norm_num_groups=norm_groups,
+            attention_head_dim=32,
+        )
+
+    def forward(self, conditioning: Conditioning, noise: torch.Tensor) -> torch.Tensor:
+        """Latents (B*T, C, h, w) for ``conditioning``; ``noise`` (B*T, noise_channels, h, w)."""
+        cfg = self.config
+        batch, targets = conditioning.check(cfg.latent_channels)
+        memory = conditioning.memory
+        if conditioning.context.shape[1] != cfg.context_frames:
+            raise ValueError(f"this generator takes {cfg.context_frames} context frames, got {conditioning.context.shape[1]}")
+        context = conditioning.context.flatten(1, 2).repeat_interleave(targets, dim=0)  # (B*T, N*C, h, w)
+        grid = memory.latents.shape[-2:]
+        valid = memory.valid.float()
+        log_depth = torch.where(memory.valid, memory.depth.clamp(min=MIN_DEPTH_M).log(), torch.zeros_like(memory.depth))
+        motion = conditioning.motion[:, :, None, None].expand(-1, -1, *grid)
+        layout = conditioning.layout
+        if cfg.layout_channels and layout is None:
+            layout = torch.zeros(memory.latents.shape[0], cfg.layout_channels, *grid, device=valid.device)
+        parts = [memory.latents, valid, log_depth / math.log(MAX_DEPTH_M), context, motion, noise]
+        if cfg.layout_channels:
+            parts.append(layout)
+        inputs = torch.cat(parts, dim=1)
+        latest = context[:, -cfg.latent_channels:]
+        base = torch.where(memory.valid, memory.latents, latest)
+        timestep = torch.zeros(inputs.shape[0], device=inputs.device)
+        return base + self.unet(inputs, timestep).sample
+
+
+class TinyBackbone:
+    """The default backbone (see the module doc); implements :class:`world_model.backbone.Backbone`."""
+
+    def __init__(self, autoencoder: TinyAutoencoder, generator: TinyGenerator):
+        if autoencoder.config.latent_channels != generator.config.latent_channels:
+            raise ValueError("autoencoder and generator disagree on latent channels")
+        self.autoencoder, self.generator = autoencoder.eval(), generator.eval()
+        self.latent_channels = autoencoder.config.latent_channels
+        self.downsample = autoencoder.downsample
+        self.layout_channels = generator.config.layout_channels
+        self.context_frames = generator.config.context_frames
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> TinyBackbone:
+        """Load ``path/autoencoder`` and ``path/generator`` (diffusers ``save_pretrained`` folders)."""
+        path = Path(path)
+        parts = {}
+        for name, model_class in (("autoencoder", TinyAutoencoder), ("generator", TinyGenerator)):
+            folder = path / name
+            for required in ("config.json", "diffusion_pytorch_model.safetensors"):
+                if not (folder / required).is_file():
+                    raise FileNotFoundError(f"world model weights incomplete: {folder / required} is missing")
+            try:
+                parts[name] = model_class.from_pretrained(str(folder)).to(device)
+            except Exception as error:  # diffusers/safetensors raise several types for bad files
+                raise ValueError(f"could not load the {name} from {folder}: {error}") from error
+        return cls(parts["autoencoder"], parts["generator"])
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.autoencoder.save_pretrained(str(path / "autoencoder"))
+        self.generator.save_pretrained(str(path / "generator"))
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return self.autoencoder.device
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(images.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents)
+
+    @torch.no_grad()
+    def estimate_depth(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.autoencoder.estimate_depth(latents)
+
+    @torch.no_grad()
+    def generate(self, conditioning: Conditioning, generator=None) -> torch.Tensor:
+        memory = conditioning.memory
+        targets = memory.latents.shape[0]
+        shape = (self.generator.config.noise_channels, *memory.latents.shape[-2:])
+        noise = sample_noise(shape, targets, generator).to(self.device)
+        return self.generator(conditioning, noise)
+
+
+def sample_noise(shape: tuple[int, ...], count: int, generator=None) -> torch.Tensor:
+    """(count, *shape) standard normal noise on the CPU from one ``torch.Generator`` or one per
+    batch entry (a list, each drawing the noise of its ``count / len`` consecutive targets),
+    so each environment's samples depend on its own seed only."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.randn((count, *shape), generator=generator)
+    if count % len(generator):
+        raise ValueError(f"{len(generator)} generators for {count} targets")
+    per = count // len(generator)
+    return torch.cat([torch.randn((per, *shape), generator=g) for g in generator])
+
+
+def _check_images(images: torch.Tensor, downsample: int) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"`images` must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+    if images.shape[-2] % downsample or images.shape[-1] % downsample:
+        raise ValueError(f"image size {tuple(images.shape[-2:])} must be a multiple of {downsample}")
+    if images.dtype == torch.uint8:
+        raise ValueError("`images` must be float in [0, 1], got uint8; divide by 255")

@@ -1,0 +1,379 @@
+"""Training loops of the default backbone: tensors in, checkpoints and loss curves out.
+
+Two stages, each resumable from its last checkpoint:
+
+``train_autoencoder``
+    Frames -> latents -> frames with an L1 loss, a small latent-magnitude penalty, random
+    latent noise before decoding (so the decoder tolerates the generator's small errors), an
+    adversarial hinge loss from a patch discriminator after a warm-up (so textures come out
+    sharp instead of averaged), and the depth head's loss on the latents: a Laplace negative
+    log-likelihood of log depth (which also teaches the head its own expected error, the
+    confidence the cache filters on) plus a sky classification.
+``train_generator``
+    For a target frame of a clip, memory frames drawn around it (the previous frame always
+    among them, as in the env) are written into a latent cache with the depth head's depth and
+    confidence, as at run time, and read at the target pose. The generator predicts the
+    target's latents from that read, the previous frame's latents, the camera motion and the
+    road layout, with an L1 loss plus a hinge adversarial loss from a discriminator on latent
+    maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
+    sharp frames).
+
+Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
+same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from world_model.backbone import Conditioning
+from world_model.camera import relative_motion
+from world_model.latent_cache import LatentCache, LatentCacheConfig
+from world_model.memory import MemoryFrame, token_depth
+from world_model.metrics import psnr
+from world_model.tiny_backbone import TinyAutoencoder, TinyGenerator
+
+
+@dataclass
+class StageConfig:
+    """One training stage (units in comments)."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 5e-4
+    adversarial_weight: float = 0.05
+    adversarial_start: int = 1000  # [steps] adversarial loss off before this
+    checkpoint_every: int = 200  # [steps]
+    log_every: int = 20  # [steps]
+    seed: int = 0
+
+
+class PatchDiscriminator(nn.Module):
+    """Strided convolutions to a map of real/fake scores, one per patch."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...] = (32, 64, 128), first_stride: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, width in enumerate(channels):
+            layers += [nn.Conv2d(previous, width, 4, stride=first_stride if i == 0 else 2, padding=1),
+                       nn.GroupNorm(8, width) if i else nn.Identity(), nn.LeakyReLU(0.2)]
+            previous = width
+        layers.append(nn.Conv2d(previous, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def depth_head_loss(autoencoder: TinyAutoencoder, latents: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Laplace NLL of log depth on surface tokens plus sky BCE; ``depth`` (B, 1, H, W) [m]."""
+    target = token_depth(depth, autoencoder.downsample)
+    sky = target <= 0
+    log_depth, log_error, sky_logit = autoencoder.depth_outputs(latents)
+    sky_loss = F.binary_cross_entropy_with_logits(sky_logit, sky.float())
+    surface = ~sky
+    if not surface.any():
+        return sky_loss
+    error = (log_depth - target.clamp(min=1e-3).log()).abs()
+    nll = error / log_error.exp() + log_error
+    return sky_loss + nll[surface].mean()
+
+
+class _Stage:
+    """Checkpointing, logging and the loss curve shared by both stages."""
+
+    def __init__(self, name: str, out_dir: Path, modules: dict[str, nn.Module], optimizers: dict, config: StageConfig):
+        self.name, self.out_dir, self.modules, self.optimizers, self.config = name, Path(out_dir), modules, optimizers, config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / f"{name}_checkpoint.pt"
+        self.step, self.log, self.seconds = 0, [], 0.0  # seconds: training time over all runs
+        self.clock = time.perf_counter()
+        if self.path.exists():
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            for key, module in modules.items():
+                module.load_state_dict(state["modules"][key])
+            for key, optimizer in optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][key])
+            self.step, self.log, self.seconds = state["step"], state["log"], state["seconds"]
+            torch.set_rng_state(state["torch_rng"])
+
+    def save(self) -> None:
+        state = {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "step": self.step, "log": self.log, "seconds": self.seconds, "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+        }
+        partial = self.path.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self.path)  # never leave a half-written checkpoint behind
+        (self.out_dir / f"{self.name}_log.json").write_text(json.dumps(self.log, indent=1))
+        plot_losses(self.log, self.out_dir / f"{self.name}_losses.png", self.name)
+
+
+def plot_losses(log: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log:
+        return
+    keys = [k for k in log[0] if k not in ("step", "seconds")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), dpi=100, squeeze=False)
+    steps = [entry["step"] for entry in log]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [entry.get(key, math.nan) for entry in log])
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _frames(clips: dict, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) in [0, 1] and depth (B, 1, H, W) of flat frame indices."""
+    clip, frame = index // clips["rgb"].shape[1], index % clips["rgb"].shape[1]
+    rgb = clips["rgb"][clip, frame].permute(0, 3, 1, 2).float() / 255
+    return rgb, clips["depth"][clip, frame].float()
+
+
+def train_autoencoder(autoencoder: TinyAutoencoder, clips: dict, config: StageConfig, out_dir: str | Path,
+                      validation: dict | None = None) -> TinyAutoencoder:
+    """Train the autoencoder and its depth head on the frames of ``clips`` (see the module doc)."""
+    torch.manual_seed(config.seed)
+    discriminator = PatchDiscriminator(3)
+    optimizers = {
+        "model": torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=1e-4),
+        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
+    }
+    stage = _Stage("autoencoder", out_dir, {"model": autoencoder, "discriminator": discriminator}, optimizers, config)
+    frames = clips["rgb"].shape[0] * clips["rgb"].shape[1]
+    val_rgb = _frames(validation, torch.arange(0, validation["rgb"].shape[0] * validation["rgb"].shape[1], 7)[:64])[0] \
+        if validation else None
+    autoencoder.train()
+    bar = tqdm(total=config.steps, initial=stage.step, desc="autoencoder", unit="step")
+    sums: dict = {}
+    while stage.step < config.steps:
+        rgb, depth = _frames(clips, torch.randint(frames, (config.batch_size,)))
+        mirror = torch.rand(rgb.shape[0], 1, 1, 1) < 0.5  # left-right mirrored towns are towns too
+        rgb, depth = torch.where(mirror, rgb.flip(-1), rgb), torch.where(mirror, depth.flip(-1), depth)
+        latents = autoencoder.encode(rgb)
+        noisy = latents + torch.randn_like(latents) * 0.1 * torch.rand(latents.shape[0], 1, 1, 1)
+        recon = autoencoder.decode_raw(noisy)
+        target = rgb * 2 - 1
+        losses = {
+            "l1": (recon - target).abs().mean(),
+            "latent_l2": 1e-3 * latents.pow(2).mean(),
+            "depth": 0.2 * depth_head_loss(autoencoder, latents, depth),
+        }
+        adversarial = stage.step >= config.adversarial_start
+        if adversarial:
+            losses["generator_adv"] = config.adversarial_weight * -discriminator(recon).mean()
+        total = sum(losses.values())
+        optimizers["model"].zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        optimizers["model"].step()
+        if adversarial or stage.step >= config.adversarial_start - 200:  # warm the critic up first
+            real, fake = discriminator(target), discriminator(recon.detach())
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+            losses["critic"] = d_loss
+        _log_step(stage, losses, sums, bar, lambda: {"val_psnr": reconstruction_psnr(autoencoder, val_rgb)}
+                  if val_rgb is not None else {})
+    bar.close()
+    stage.save()
+    return autoencoder.eval()
+
+
+def _log_step(stage: _Stage, losses: dict, sums: dict, bar, evaluate) -> None:
+    """Advance the step; every ``log_every`` steps log mean losses (and ``evaluate()``'s
+    metrics), every ``checkpoint_every`` steps save."""
+    for key, value in losses.items():
+        sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+    sums["_count"] = sums.get("_count", 0) + 1
+    stage.step += 1
+    bar.update(1)
+    config = stage.config
+    if stage.step % config.log_every == 0 or stage.step == config.steps:
+        count = sums.pop("_count")
+        entry = {"step": stage.step, **{k: v / count for k, v in sums.items()}}
+        sums.clear()
+        if stage.step % config.checkpoint_every == 0 or stage.step == config.steps:
+            entry.update(evaluate())
+        now = time.perf_counter()
+        stage.seconds, stage.clock = stage.seconds + now - stage.clock, now
+        entry["seconds"] = round(stage.seconds, 1)
+        stage.log.append(entry)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k not in ("step", "seconds")})
+    if stage.step % config.checkpoint_every == 0:
+        stage.save()
+
+
+@torch.no_grad()
+def reconstruction_psnr(autoencoder: TinyAutoencoder, rgb: torch.Tensor) -> float:
+    autoencoder.eval()
+    value = float(psnr(autoencoder.decode(autoencoder.encode(rgb)), rgb).mean())
+    autoencoder.train()
+    return value
+
+
+@torch.no_grad()
+def encode_clips(autoencoder: TinyAutoencoder, clips: dict, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Latents (N, T, C, h, w) float16 and the depth head's per-token depth and confidence
+    (N, T, 1, h, w) of every frame of ``clips``."""
+    autoencoder.eval()
+    count, length = clips["rgb"].shape[:2]
+    flat = torch.arange(count * length)
+    parts: dict[str, list] = {"latents": [], "depth": [], "confidence": []}
+    for start in tqdm(range(0, len(flat), batch_size), desc="encoding clips", unit="batch"):
+        rgb, _ = _frames(clips, flat[start : start + batch_size])
+        latents = autoencoder.encode(rgb)
+        depth, confidence = autoencoder.estimate_depth(latents)
+        parts["latents"].append(latents.half())
+        parts["depth"].append(depth)
+        parts["confidence"].append(confidence.half())
+    return {k: torch.cat(v).view(count, length, *v[0].shape[1:]) for k, v in parts.items()}
+
+
+def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int, generator: torch.Generator,
+                    window: int = 12, max_memory_frames: int = 5, latent_noise: float = 0.1):
+    """A training batch for the generator: ``(conditioning, target latents (B, C, h, w), target
+    images (B, 3, H, W))``; see the module doc. Memory frames are written in time order into
+    one cache per sample, with ground-truth depth for half the samples and the depth head's
+    depth and confidence for the rest; memory and context latents get relative noise of up to
+    ``latent_noise`` (generated latents are never exact)."""
+    count, length = clips["rgb"].shape[:2]
+    latents_all = encoded["latents"]
+    channels = latents_all.shape[2]
+    cache = LatentCache(batch_size, channels, LatentCacheConfig(downsample=downsample))
+    K = clips["K"][None]
+    image_size = tuple(clips["rgb"].shape[2:4])
+    scale = float(latents_all[:8].float().std())
+
+    def rand(high: int, low: int = 0) -> int:
+        return int(torch.randint(low, high, (1,), generator=generator))
+
+    def noisy(latents: torch.Tensor) -> torch.Tensor:
+        sigma = latent_noise * scale * float(torch.rand(1, generator=generator))
+        return latents.float() + sigma * torch.randn(latents.shape, generator=generator)
+
+    targets, contexts, target_poses, context_poses, layouts, images = [], [], [], [], [], []
+    for sample in range(batch_size):
+        clip, t = rand(count), rand(length, 1)
+        others = [f for f in range(max(0, t - window), min(length, t + window + 1)) if f not in (t, t - 1)]
+        chosen = sorted(others[i] for i in torch.randperm(len(others), generator=generator)[:rand(max_memory_frames + 1)])
+        memory = sorted(set(chosen + [t - 1]))
+        ground_truth = rand(2) == 0
+        for frame in memory:
+            if ground_truth:
+                depth, confidence = clips["depth"][clip, frame][None].float(), None
+            else:
+                depth = encoded["depth"][clip, frame][None]
+                confidence = encoded["confidence"][clip, frame][None].float()
+            cache.write(MemoryFrame(noisy(latents_all[clip, frame][None]), depth, K,
+                                    clips["cam_to_world"][clip, frame][None], confidence=confidence), cache_ids=[sample])
+        targets.append(latents_all[clip, t].float())
+        contexts.append(noisy(latents_all[clip, t - 1]))
+        target_poses.append(clips["cam_to_world"][clip, t])
+        context_poses.append(clips["cam_to_world"][clip, t - 1])
+        layouts.append(clips["layout"][clip, t].float() / 255)
+        images.append(clips["rgb"][clip, t].permute(2, 0, 1).float() / 255)
+    target_poses = torch.stack(target_poses)
+    read = cache.read(target_poses, K.expand(batch_size, 3, 3), image_size, cache_ids=torch.arange(batch_size))
+    conditioning = Conditioning(
+        memory=read,
+        context=torch.stack(contexts)[:, None],
+        motion=relative_motion(torch.stack(context_poses), target_poses),
+        layout=torch.stack(layouts),
+    )
+    return conditioning, torch.stack(targets), torch.stack(images)
+
+
+def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
+                    out_dir: str | Path, validation: dict | None = None) -> TinyGenerator:
+    """Train the one-step generator on ``clips`` with a frozen ``autoencoder`` (see the module doc)."""
+    torch.manual_seed(config.seed)
+    autoencoder.eval().requires_grad_(False)
+    cfg = generator.config
+    discriminator = PatchDiscriminator(cfg.latent_channels + 1 + cfg.layout_channels, channels=(64, 128), first_stride=1)
+    optimizers = {
+        "model": torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=1e-4),
+        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
+    }
+    stage = _Stage("generator", out_dir, {"model": generator, "discriminator": discriminator}, optimizers, config)
+    encoded = encode_clips(autoencoder, clips)
+    downsample = autoencoder.downsample
+    sampler = torch.Generator().manual_seed(config.seed + stage.step)
+    evaluate = lambda: {}  # noqa: E731
+    if validation is not None:
+        val_encoded = encode_clips(autoencoder, validation)
+        val_batch = generator_batch(validation, val_encoded, 32, downsample, torch.Generator().manual_seed(1234),
+                                    latent_noise=0.0)
+        evaluate = lambda: _generator_metrics(autoencoder, generator, val_batch)  # noqa: E731
+
+    def critic_input(latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        return torch.cat([latents, conditioning.memory.valid.float(), conditioning.layout], dim=1)
+
+    generator.train()
+    bar = tqdm(total=config.steps, initial=stage.step, desc="generator", unit="step")
+    sums: dict = {}
+    while stage.step < config.steps:
+        conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+        noise = torch.randn(target.shape[0], cfg.noise_channels, *target.shape[-2:])
+        prediction = generator(conditioning, noise)
+        losses = {"l1": (prediction - target).abs().mean()}
+        adversarial = stage.step >= config.adversarial_start
+        if adversarial:
+            losses["generator_adv"] = config.adversarial_weight * -discriminator(critic_input(prediction, conditioning)).mean()
+        optimizers["model"].zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
+        optimizers["model"].step()
+        if stage.step >= config.adversarial_start - 200:  # warm the critic up first
+            real = discriminator(critic_input(target, conditioning))
+            fake = discriminator(critic_input(prediction.detach(), conditioning))
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+            losses["critic"] = d_loss
+        _log_step(stage, losses, sums, bar, evaluate)
+    bar.close()
+    stage.save()
+    return generator.eval()
+
+
+@torch.no_grad()
+def _generator_metrics(autoencoder: TinyAutoencoder, generator: TinyGenerator, batch) -> dict[str, float]:
+    """Validation PSNR of generated frames vs ground truth, on the whole frame and on the cells
+    the memory covered, beside repeating the previous frame (decoded context)."""
+    conditioning, _, images = batch
+    generator.eval()
+    noise = torch.randn(images.shape[0], generator.config.noise_channels, *conditioning.memory.latents.shape[-2:],
+                        generator=torch.Generator().manual_seed(0))
+    frames = autoencoder.decode(generator(conditioning, noise))
+    generator.train()
+    covered = F.interpolate(conditioning.memory.valid.float(), size=images.shape[-2:], mode="nearest") > 0
+    previous = autoencoder.decode(conditioning.context[:, -1])
+    return {
+        "val_psnr": float(psnr(frames, images).mean()),
+        "val_psnr_covered": float(psnr(frames, images, covered).nanmean()),
+        "val_psnr_repeat_previous": float(psnr(previous, images).mean()),
+    }

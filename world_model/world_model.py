@@ -1,0 +1,252 @@
+"""The world model: segment generation over a spatial memory, for a batch of environments.
+
+``reset`` starts an environment from one frame (RGB, optional depth, intrinsics, pose): it is
+encoded, lifted into the memory and becomes the first context frame. ``render`` then makes the
+frames for new poses, a chunk of ``chunk_length`` poses at a time:
+
+1. read the memory at the chunk's poses (latents, validity, depth on the latent grid);
+2. generate the chunk's latents, conditioned on the read, the latest ``context_frames``
+   generated frames (clean latents; the overlap between consecutive chunks), the camera motion
+   since the latest of them and, for map scenarios, the road layout at each pose;
+3. decode the frames and estimate their depth (the backbone's depth head by default; given
+   ground-truth depth or a transformers depth model instead, see ``depth``);
+4. filter (the caller's dynamic mask, sky / invalid depth, low confidence: the memory drops
+   those tokens) and write the chunk back into the memory;
+5. its last frames become the next chunk's context.
+
+Chunk length 1 is the per-step mode the env uses. Everything is deterministic given the
+``torch.Generator`` passed to ``render``. The memory is swappable: ``"latent"`` (the latent
+cache, default), ``"pixel"`` (the pixel-space baseline) or ``"none"`` (context frames only),
+so the three can be measured side by side on one backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from world_model.backbone import Backbone, Conditioning
+from world_model.camera import check_intrinsics, check_poses, relative_motion
+from world_model.latent_cache import LatentCache, LatentCacheConfig
+from world_model.memory import MemoryFrame, MemoryRead, token_depth
+from world_model.pixel_memory import PixelMemory
+
+MEMORIES = ("latent", "pixel", "none")
+
+DepthModel = Callable[[torch.Tensor], torch.Tensor]
+"""Maps images (B, 3, H, W) in [0, 1] to metric depth (B, 1, H, W) [m], 0 for sky."""
+
+
+@dataclass
+class WorldModelConfig:
+    """Defaults of the world model loop (units in comments)."""
+
+    memory: str = "latent"  # latent | pixel | none
+    chunk_length: int = 1  # [frames] generated per segment; 1 = per-step mode
+    cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)  # downsample is set from the backbone
+    max_range_m: float = 100.0  # [m] the pixel baseline's range (the cache's is in `cache`)
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
+        if self.chunk_length < 1:
+            raise ValueError(f"chunk_length must be >= 1, got {self.chunk_length}")
+
+
+@dataclass
+class WorldModelOutput:
+    """``rgb`` (B, T, H, W, 3) uint8; ``depth`` (B, T, 1, h, w) [m] per token as estimated (0:
+    sky); ``valid`` (B, T, 1, h, w) bool: where the memory covered the view before generation."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    valid: torch.Tensor
+
+
+class WorldModel:
+    """Renders ``num_envs`` independent environments with one backbone (see the module doc).
+
+    Args:
+        backbone: any :class:`world_model.backbone.Backbone`.
+        num_envs: independent environments (one memory each).
+        config: see :class:`WorldModelConfig`.
+        depth_model: optional image-to-depth model used instead of the backbone's depth head
+            (e.g. :class:`world_model.depth.TransformersDepth`).
+    """
+
+    def __init__(self, backbone: Backbone, num_envs: int = 1, config: WorldModelConfig | None = None,
+                 depth_model: DepthModel | None = None):
+        self.backbone, self.num_envs = backbone, num_envs
+        self.config = config or WorldModelConfig()
+        self.depth_model = depth_model
+        self.device = torch.device(getattr(backbone, "device", "cpu"))
+        self.context_frames = getattr(backbone, "context_frames", 1)
+        channels, downsample = backbone.latent_channels, backbone.downsample
+        cfg = self.config
+        if cfg.memory == "latent":
+            cache_config = LatentCacheConfig(**{**cfg.cache.__dict__, "downsample": downsample})
+            self.memory = LatentCache(num_envs, channels, cache_config, device=self.device)
+        elif cfg.memory == "pixel":
+            self.memory = PixelMemory(num_envs, backbone.encode, downsample, cfg.max_range_m, device=self.device)
+        else:
+            self.memory = None
+        self.context: torch.Tensor | None = None  # (num_envs, N, C, h, w) latest generated latents
+        self.context_pose: torch.Tensor | None = None  # (num_envs, 4, 4) pose of the latest one
+        self.image_size: tuple[int, int] | None = None
+        self.started = torch.zeros(num_envs, dtype=torch.bool)
+
+    # ------------------------------------------------------------------ reset
+    @torch.no_grad()
+    def reset(self, rgb: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor, depth: torch.Tensor | None = None,
+              dynamic: torch.Tensor | None = None, env_ids=None) -> None:
+        """Start environments ``env_ids`` (default: the first B) from frames ``rgb`` (B, H, W, 3)
+        uint8 or (B, 3, H, W) float in [0, 1], intrinsics ``K`` (B, 3, 3), poses (B, 4, 4) and
+        optionally metric ``depth`` (B, 1, H, W) (else estimated) and a ``dynamic`` mask."""
+        images = _as_float_images(rgb)
+        batch = images.shape[0]
+        check_intrinsics(K, batch)
+        check_poses(cam_to_world, batch)
+        ids = self._env_ids(env_ids, batch)
+        size = tuple(images.shape[-2:])
+        if self.image_size not in (None, size):
+            raise ValueError(f"all environments share one image size {self.image_size}, got {size}")
+        self.image_size = size
+        if self.memory is not None:
+            self.memory.clear(ids.to(self.memory.device))
+        latents = self.backbone.encode(images.to(self.device))
+        if self.context is None:
+            self.context = torch.zeros(self.num_envs, self.context_frames, *latents.shape[1:], device=self.device)
+            self.context_pose = torch.eye(4, device=self.device).repeat(self.num_envs, 1, 1)
+        self.context[ids] = latents[:, None].expand(-1, self.context_frames, -1, -1, -1)
+        self.context_pose[ids] = cam_to_world.to(self.device, torch.float32)
+        self._write(latents, images, K, cam_to_world, depth, dynamic, ids)
+        self.started[ids.cpu()] = True
+
+    # ------------------------------------------------------------------ render
+    @torch.no_grad()
+    def render(self, cam_to_world: torch.Tensor, K: torch.Tensor, layout: torch.Tensor | None = None,
+               dynamic: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+               generator=None, env_ids=None) -> WorldModelOutput:
+        """Frames of environments ``env_ids`` at poses ``cam_to_world`` (B, T, 4, 4) (or (B, 4, 4)
+        for T = 1) with intrinsics ``K`` (B, 3, 3) of the reset image size.
+
+        Optional, per pose: ``layout`` (B, T, L, h, w) road layout on the latent grid;
+        ``dynamic`` (B, T, 1, H, W) bool, what moves (never written to memory); ``depth``
+        (B, T, 1, H, W) ground-truth depth to lift generated tokens with (analysis only).
+        ``generator``: a ``torch.Generator`` or a list of B (one per environment).
+        """
+        poses = cam_to_world[:, None] if cam_to_world.ndim == 3 else cam_to_world
+        if poses.ndim != 4 or poses.shape[-2:] != (4, 4):
+            raise ValueError(f"`cam_to_world` must be (B, T, 4, 4) or (B, 4, 4), got {tuple(cam_to_world.shape)}")
+        batch, steps = poses.shape[:2]
+        check_intrinsics(K, batch)
+        check_poses(poses.reshape(-1, 4, 4))
+        ids = self._env_ids(env_ids, batch)
+        if not self.started[ids.cpu()].all():
+            raise RuntimeError(f"reset environments {ids[~self.started[ids.cpu()]].tolist()} before rendering them")
+        for name, value in (("layout", layout), ("dynamic", dynamic), ("depth", depth)):
+            if value is not None and (value.ndim != 5 or value.shape[:2] != (batch, steps)):
+                raise ValueError(f"`{name}` must be (B, T, ...) = ({batch}, {steps}, ...), got {tuple(value.shape)}")
+        outputs = []
+        for start in range(0, steps, self.config.chunk_length):
+            chunk = slice(start, min(start + self.config.chunk_length, steps))
+            outputs.append(self._render_chunk(
+                poses[:, chunk].to(self.device, torch.float32), K.to(self.device, torch.float32),
+                *(None if value is None else value[:, chunk] for value in (layout, dynamic, depth)),
+                generator, ids,
+            ))
+        return WorldModelOutput(*(torch.cat(parts, dim=1) for parts in zip(*outputs)))
+
+    def _render_chunk(self, poses, K, layout, dynamic, depth, generator, ids) -> tuple[torch.Tensor, ...]:
+        batch, steps = poses.shape[:2]
+        flat_poses = poses.reshape(-1, 4, 4)
+        flat_K = K.repeat_interleave(steps, dim=0)
+        read = self._read(flat_poses, flat_K, ids.repeat_interleave(steps))
+        motion = relative_motion(self.context_pose[ids].repeat_interleave(steps, dim=0), flat_poses)
+        conditioning = Conditioning(
+            memory=read,
+            context=self.context[ids],
+            motion=motion,
+            layout=None if layout is None else layout.reshape(-1, *layout.shape[2:]).to(self.device),
+        )
+        latents = self.backbone.generate(conditioning, generator)
+        images = self.backbone.decode(latents)
+        token_depth = self._write(
+            latents, images, flat_K, flat_poses,
+            None if depth is None else depth.reshape(-1, *depth.shape[2:]),
+            None if dynamic is None else dynamic.reshape(-1, *dynamic.shape[2:]),
+            ids.repeat_interleave(steps),
+        )
+        # The chunk's last frames are the next chunk's clean context (the overlap).
+        chunk_latents = latents.view(batch, steps, *latents.shape[1:])
+        self.context[ids] = torch.cat([self.context[ids], chunk_latents], dim=1)[:, -self.context_frames:]
+        self.context_pose[ids] = poses[:, -1]
+        rgb = (images.permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8)
+        grid = latents.shape[-2:]
+        return (rgb.view(batch, steps, *rgb.shape[1:]), token_depth.view(batch, steps, 1, *grid),
+                read.valid.view(batch, steps, 1, *grid))
+
+    # ------------------------------------------------------------------ memory
+    def _read(self, poses: torch.Tensor, K: torch.Tensor, ids: torch.Tensor) -> MemoryRead:
+        if self.memory is None:
+            grid = (self.image_size[0] // self.backbone.downsample, self.image_size[1] // self.backbone.downsample)
+            shape = (poses.shape[0], 1, *grid)
+            return MemoryRead(
+                latents=torch.zeros(poses.shape[0], self.backbone.latent_channels, *grid, device=self.device),
+                valid=torch.zeros(shape, dtype=torch.bool, device=self.device),
+                depth=torch.zeros(shape, device=self.device),
+            )
+        return self.memory.read(poses, K, self.image_size, cache_ids=ids.to(self.memory.device))
+
+    def _write(self, latents, images, K, cam_to_world, depth, dynamic, ids) -> torch.Tensor:
+        """Write frames into the memory; returns the per-token depth used (B, 1, h, w)."""
+        confidence = None
+        if depth is not None:
+            depth = depth.to(self.device, torch.float32)
+        elif self.depth_model is not None:
+            depth = self.depth_model(images)
+        else:
+            depth, confidence = self.backbone.estimate_depth(latents)
+        memory_depth = depth
+        if isinstance(self.memory, PixelMemory) and depth.shape[-2:] != images.shape[-2:]:
+            # The pixel baseline lifts every pixel: give it the per-token depth at image
+            # resolution, without the tokens the latent cache would drop as unsure.
+            if confidence is not None:
+                memory_depth = torch.where(confidence >= self.config.cache.min_confidence, depth, torch.zeros_like(depth))
+            memory_depth = F.interpolate(memory_depth, size=images.shape[-2:], mode="nearest")
+        frame = MemoryFrame(latents, memory_depth, K, cam_to_world.to(self.device, torch.float32), rgb=images,
+                            dynamic=None if dynamic is None else dynamic.to(self.device), confidence=confidence)
+        if self.memory is not None:
+            self.memory.write(frame, cache_ids=ids.to(self.memory.device))
+        grid = latents.shape[-2:]
+        if depth.shape[-2:] == grid:
+            return depth
+        return token_depth(depth, self.backbone.downsample)
+
+    def _env_ids(self, env_ids, batch: int) -> torch.Tensor:
+        if env_ids is None:
+            if batch > self.num_envs:
+                raise ValueError(f"batch of {batch} for {self.num_envs} environments; pass `env_ids`")
+            return torch.arange(batch, device=self.device)
+        ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device).view(-1)
+        if ids.numel() != batch or (ids.numel() and (ids.min() < 0 or ids.max() >= self.num_envs)):
+            raise ValueError(f"`env_ids` must be {batch} ids in [0, {self.num_envs}), got {ids.tolist()}")
+        if ids.unique().numel() != ids.numel():
+            raise ValueError(f"`env_ids` must not repeat, got {ids.tolist()}")
+        return ids
+
+
+def _as_float_images(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] from (B, H, W, 3) uint8 or (B, 3, H, W) float."""
+    rgb = torch.as_tensor(rgb)
+    if rgb.ndim == 4 and rgb.dtype == torch.uint8 and rgb.shape[-1] == 3:
+        return rgb.permute(0, 3, 1, 2).float() / 255
+    if rgb.ndim == 4 and rgb.is_floating_point() and rgb.shape[1] == 3:
+        if rgb.min() < 0 or rgb.max() > 1:
+            raise ValueError("float `rgb` must be in [0, 1]")
+        return rgb.float()
+    raise ValueError(f"`rgb` must be (B, H, W, 3) uint8 or (B, 3, H, W) float in [0, 1], got "
+                     f"{tuple(rgb.shape)} {rgb.dtype}")
