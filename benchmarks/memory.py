@@ -9,8 +9,8 @@ memory up to 1,000 frames: it grows without bound). Reported:
 - bytes held after 10, 100 and 1,000 frames;
 - latent cache size at the end of lap 1 and lap ``--laps`` (growth should stay <= 1.2).
 
-The VAE is a small diffusers ``AutoencoderKL`` (8x downsampling, 8 latent channels) with
-random weights: timing and memory do not depend on what it learned. Writes a table to stdout,
+The VAE is a small diffusers ``AutoencoderKL`` (``--downsample`` 8 as in the design, 8 latent
+channels) with random weights: timing and memory do not depend on what it learned. Writes a table to stdout,
 ``benchmarks/results/memory.json`` and the plot ``docs/memory_bytes.png``.
 
     python benchmarks/memory.py [--laps 10] [--size 128] [--device cpu]
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from mirage_env.renderer import GroundTruthRenderer  # noqa: E402
 from mirage_env.road_map import RoadMap, Route  # noqa: E402
 from mirage_env.scene import dress_scene  # noqa: E402
 from mirage_env.vehicle import CameraMount  # noqa: E402
-from world_model.latent_cache import LatentCache  # noqa: E402
+from world_model.latent_cache import LatentCache, LatentCacheConfig  # noqa: E402
 from world_model.memory import MemoryFrame  # noqa: E402
 from world_model.pixel_memory import PixelMemory  # noqa: E402
 
@@ -46,37 +47,24 @@ READ_STEPS = 20
 
 
 def closed_loop(road_map: RoadMap, laps: int) -> tuple[Route, float]:
-    """The shortest loop A -> B -> A (back into the same lane, no U-turn) over 200 m found among
-    random spawn pairs of the map, repeated ``laps`` times; returns the route and one lap's
-    length [m]."""
-    spawns = road_map.spawn_points()
-    rng = np.random.default_rng(0)
-    best = None
-    for _ in range(300):
-        a, b = spawns[rng.choice(len(spawns), 2, replace=False)]
-        try:
-            out = road_map.plan_route(a[:2], b[:2], start_yaw=a[2])
-            back = road_map.plan_route(out.points[-1], a[:2], start_yaw=out.yaw[-1], goal_yaw=a[2])
-        except ValueError:  # a spawn point outside the strongly connected part of the map
-            continue
-        length = out.length + back.length
-        if length > 200 and (best is None or length < best[0]):
-            best = (length, np.concatenate([out.points, back.points[1:]]), np.concatenate([out.yaw, back.yaw[1:]]))
-    if best is None:
-        raise RuntimeError(f"no closed loop found in {road_map.name}")
-    _, lap_points, lap_yaw = best
-    points = np.concatenate([lap_points[:-1]] * laps + [lap_points[-1:]])
-    yaw = np.concatenate([lap_yaw[:-1]] * laps + [lap_yaw[-1:]])
+    """The shortest loop over 200 m (see :meth:`RoadMap.loop_route`) repeated ``laps`` times;
+    returns the route and one lap's length [m]."""
+    lap = road_map.loop_route(np.random.default_rng(0), min_length_m=200.0)
+    points = np.concatenate([lap.points[:-1]] * laps + [lap.points[-1:]])
+    yaw = np.concatenate([lap.yaw[:-1]] * laps + [lap.yaw[-1:]])
     route = Route(points, yaw, np.zeros(len(points), dtype=bool), road_map.name)
-    return route, route.length / laps
+    return route, lap.length
 
 
-def make_vae(device: str) -> AutoencoderKL:
+def make_vae(device: str, downsample: int) -> AutoencoderKL:
+    levels = int(math.log2(downsample)) + 1
+    if 2 ** (levels - 1) != downsample:
+        raise ValueError(f"--downsample must be a power of 2, got {downsample}")
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(32,) + (64,) * (levels - 1),
         latent_channels=8,
         norm_num_groups=16,
         mid_block_add_attention=False,
@@ -97,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--laps", type=int, default=10)
     parser.add_argument("--size", type=int, default=128, help="image side [px]")
+    parser.add_argument("--downsample", type=int, default=8, help="the VAE's factor (8 as in the design; 4 as ours)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     parser.add_argument("--plot", default="docs/memory_bytes.png")
@@ -113,14 +102,14 @@ def main() -> None:
     print(f"loop {lap_length:.0f} m x {args.laps} laps = {len(poses)} frames at {args.size}x{args.size}")
 
     renderer = GroundTruthRenderer(dress_scene(road_map, seed=0), device=args.device)
-    vae = make_vae(args.device)
+    vae = make_vae(args.device, args.downsample)
 
     @torch.no_grad()
     def encode(images: torch.Tensor) -> torch.Tensor:
         return vae.encode(images.to(args.device) * 2 - 1).latent_dist.mode()
 
-    latent = LatentCache(1, 8, device=args.device)
-    pixel = PixelMemory(1, encode, downsample=8, device=args.device)
+    latent = LatentCache(1, 8, LatentCacheConfig(downsample=args.downsample), device=args.device)
+    pixel = PixelMemory(1, encode, downsample=args.downsample, device=args.device)
     latent_bytes, pixel_bytes, reads = [], [], {}
     lap_end_tokens = {}
     chunk = 16
@@ -154,7 +143,8 @@ def main() -> None:
         "benchmark": "memory",
         "map": "Town01",
         "image_size": args.size,
-        "latent_grid": args.size // 8,
+        "vae_downsample": args.downsample,
+        "latent_grid": args.size // args.downsample,
         "latent_channels": 8,
         "frames": len(poses),
         "laps": args.laps,

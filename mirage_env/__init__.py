@@ -11,16 +11,18 @@ vector-env workers that never imported the package:
 from gymnasium.envs.registration import register, registry
 
 ENV_IDS = {
-    "MirageWorld-v0": "mirage_env.envs:MirageWorldEnv",
-    "MirageDrive-v0": "mirage_env.envs:MirageDriveEnv",
+    "MirageWorld-v0": ("mirage_env.envs:MirageWorldEnv", "mirage_env.envs.vector:make_world_vector"),
+    "MirageDrive-v0": ("mirage_env.envs:MirageDriveEnv", "mirage_env.envs.vector:make_drive_vector"),
 }
 
 
 def register_envs() -> None:
-    """Register the env ids with Gymnasium; safe to call again (re-imports, reloads)."""
-    for env_id, entry_point in ENV_IDS.items():
+    """Register the env ids with Gymnasium; safe to call again (re-imports, reloads). Each id
+    has a batched ``vector_entry_point``: ``gym.make_vec(id, num_envs=16,
+    vectorization_mode="vector_entry_point")`` renders all envs in one call per step."""
+    for env_id, (entry_point, vector_entry_point) in ENV_IDS.items():
         if env_id not in registry:
-            register(id=env_id, entry_point=entry_point)
+            register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point)
 
 
 register_envs()

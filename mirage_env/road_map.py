@@ -270,6 +270,27 @@ class RoadMap:
             raise ValueError(f"no connected pair of spawn points found in {self.name!r}")
         return best
 
+    def loop_route(self, rng: np.random.Generator, min_length_m: float = 200.0, attempts: int = 300) -> Route:
+        """The shortest closed loop A -> B -> A (back into A's lane and direction, no U-turn)
+        longer than ``min_length_m`` [m] among ``attempts`` random spawn pairs: a route that
+        revisits every place it passes."""
+        spawns = self.spawn_points()
+        best: Route | None = None
+        for _ in range(attempts):
+            a, b = spawns[rng.choice(len(spawns), 2, replace=False)]
+            try:
+                out = self.plan_route(a[:2], b[:2], start_yaw=a[2])
+                back = self.plan_route(out.points[-1], a[:2], start_yaw=out.yaw[-1], goal_yaw=a[2])
+            except ValueError:  # a spawn point outside the strongly connected part of the map
+                continue
+            length = out.length + back.length
+            if length > min_length_m and (best is None or length < best.length):
+                best = Route(np.concatenate([out.points, back.points[1:]]), np.concatenate([out.yaw, back.yaw[1:]]),
+                             np.concatenate([out.lane_change, back.lane_change[1:]]), self.name)
+        if best is None:
+            raise ValueError(f"no closed loop longer than {min_length_m} m found in {self.name!r}")
+        return best
+
     def driving_lane_offset(self, xy) -> LaneOffset:
         """Where ``xy`` [m] lies relative to the nearest driving lane (see :class:`LaneOffset`)."""
         from mirage_env.carla_frame import world_to_location

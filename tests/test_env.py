@@ -406,3 +406,26 @@ def test_start_images_are_checked(bend_map):
     # A valid image needs a renderer that can continue it; the ground truth has no scene for it.
     with pytest.raises(ValueError, match="world_model"):
         env.reset(options={"start_image": image, "start_depth": np.ones((32, 32))})
+
+
+# ---------------------------------------------------------------------- batched vector env
+def test_batched_vector_env_matches_single_envs_and_autoresets(bend_map):
+    overrides = {"map": bend_map, "width": 32, "height": 32, **BEND_ROUTE, "max_steps": 3}
+    vector = gym.make_vec("MirageDrive-v0", num_envs=3, vectorization_mode="vector_entry_point", **overrides)
+    singles = [gym.make("MirageDrive-v0", **overrides) for _ in range(3)]
+    observations, _ = vector.reset(seed=10)
+    for i, env in enumerate(singles):
+        single_obs, _ = env.reset(seed=10 + i)
+        assert np.array_equal(observations["rgb"][i], single_obs["rgb"])
+    actions = np.tile(np.array([[0.0, 1.0]], dtype=np.float32), (3, 1))
+    for step in range(3):
+        observations, rewards, terminated, truncated, infos = vector.step(actions)
+        for i, env in enumerate(singles):
+            single_obs, single_reward, *_ = env.step(actions[i])
+            assert np.array_equal(observations["rgb"][i], single_obs["rgb"])  # one batched render, same frames
+            assert rewards[i] == pytest.approx(single_reward)
+    assert truncated.all() and "rewards" in infos  # max_steps = 3
+    observations, rewards, terminated, truncated, _ = vector.step(actions)  # next-step autoreset
+    assert (rewards == 0).all() and not (terminated | truncated).any()
+    assert vector.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    vector.close()

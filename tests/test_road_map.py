@@ -12,7 +12,7 @@ from mirage_env.carla_frame import (
     world_to_location,
     world_to_rotation,
 )
-from mirage_env.road_map import RoadMap, load_road_map
+from mirage_env.road_map import GRAPH_SPACING_M, RoadMap, load_road_map
 
 from conftest import LEFT_TURN_XODR
 
@@ -137,3 +137,11 @@ def test_missing_and_unknown_maps():
     with pytest.raises(ValueError, match="town:<integer seed>"):
         load_road_map("town:abc")
     assert load_road_map("Town01").name == "Town01"
+
+
+def test_loop_route_returns_to_its_start_in_the_same_direction(town01):
+    route = town01.loop_route(np.random.default_rng(0), min_length_m=150.0)
+    assert route.length > 150.0
+    assert np.linalg.norm(route.points[0] - route.points[-1]) < 2 * GRAPH_SPACING_M
+    turn = np.angle(np.exp(1j * (route.yaw[-1] - route.yaw[0])))
+    assert abs(turn) < np.radians(20)  # back in the start lane's direction, not a U-turn

@@ -39,7 +39,8 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
     config_class: ClassVar[type[EnvConfig]] = EnvConfig
     action_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, render_mode: str | None = None, config: EnvConfig | None = None, **overrides: Any):
+    def __init__(self, render_mode: str | None = None, config: EnvConfig | None = None, *,
+                 frame_source: FrameSource | None = None, slot: int = 0, **overrides: Any):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         config = config if config is not None else self.config_class()
@@ -48,11 +49,12 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.config = config.updated(overrides)
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "render_fps": 1.0 / self.config.dt_s}
-        self.frames: FrameSource = make_frame_source(
+        # A batched vector env passes one shared source and gives each env its own slot in it.
+        self.frames: FrameSource = frame_source or make_frame_source(
             self.config.renderer, self.config.height, self.config.width, self.config.world_model_path,
             self.config.memory, self.config.device,
         )
-        self.slot = 0  # this env's slot in the frame source
+        self.slot = slot
         self.observation_space = observation_space(self.config)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(len(self.action_names),), dtype=np.float32)
         self.episode_config = self.config  # config of the running episode (reset options applied)

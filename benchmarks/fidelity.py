@@ -1,0 +1,179 @@
+"""World-model fidelity: generated vs ground-truth frames, latent cache vs pixel memory vs none.
+
+On held-out maps (CARLA's Town01 and held-out procedural towns), the expert drives a closed
+loop twice, so every place is left and come back to. The world model starts from the first
+ground-truth frame (with depth, as the env gives it) and renders every later pose in per-step
+mode, conditioned on the map's road layout; the same backbone and seeds run with each memory.
+Reported per memory, over all frames and over the second lap (the revisits):
+
+- PSNR / SSIM against ground truth on the whole frame and on the pixels the memory covered;
+- revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
+  (within 0.5 m and 5 deg), generated vs generated;
+- sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
+- milliseconds per generated frame.
+
+Writes a table, ``benchmarks/results/fidelity.json``, a side-by-side video (ground truth |
+latent | pixel | none) ``docs/fidelity.mp4`` and a contact sheet ``docs/fidelity_contact_sheet.png``.
+
+    python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mirage_env.expert import drive_route
+from mirage_env.layout import LayoutRasteriser
+from mirage_env.renderer import GroundTruthRenderer
+from mirage_env.road_map import Route, load_road_map
+from mirage_env.scene import dress_scene
+from mirage_env.vehicle import CameraMount
+from mirage_env.visualize import contact_sheet, write_video
+from world_model.metrics import laplacian_variance, psnr, ssim
+from world_model.pretrained import load_default_backbone
+from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
+
+SIZE = 128
+REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
+
+
+def two_laps(road_map, seed: int, min_length_m: float) -> tuple[Route, float]:
+    lap = road_map.loop_route(np.random.default_rng(seed), min_length_m=min_length_m)
+    points = np.concatenate([lap.points[:-1], lap.points])
+    yaw = np.concatenate([lap.yaw[:-1], lap.yaw])
+    return Route(points, yaw, np.zeros(len(points), dtype=bool), road_map.name), lap.length
+
+
+def revisit_pairs(poses: torch.Tensor, second_lap: np.ndarray) -> list[tuple[int, int]]:
+    """(second-lap frame, nearest first-lap frame) pairs within the revisit tolerances."""
+    position = poses[:, :3, 3]
+    forward = poses[:, :3, 2]
+    first = np.flatnonzero(~second_lap)
+    pairs = []
+    for frame in np.flatnonzero(second_lap):
+        distance = (position[first] - position[frame]).norm(dim=1)
+        nearest = int(distance.argmin())
+        angle = math.degrees(math.acos(float((forward[first[nearest]] @ forward[frame]).clamp(-1, 1))))
+        if float(distance[nearest]) <= REVISIT_MAX_M and angle <= REVISIT_MAX_DEG:
+            pairs.append((int(frame), int(first[nearest])))
+    return pairs
+
+
+def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
+    road_map = load_road_map(spec)
+    scene = dress_scene(road_map, seed)
+    route, lap_length = two_laps(road_map, seed, args.loop_min_m)
+    mount = CameraMount(width=SIZE, height=SIZE)
+    ego = drive_route(route, mount, max_steps=20_000).ego[:: args.stride]
+    travelled = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(ego[:, :2], axis=0), axis=1))])
+    second_lap = travelled >= lap_length
+    poses = mount.poses(ego)
+    K = mount.intrinsics().expand(len(poses), 3, 3)
+    truth = GroundTruthRenderer(scene).render(poses, K, SIZE, SIZE)
+    truth_rgb = truth.rgb.permute(0, 3, 1, 2).float() / 255
+    layout = LayoutRasteriser(scene.ground)(poses, K, SIZE, SIZE, backbone.downsample)
+    pairs = revisit_pairs(poses, second_lap)
+
+    results, videos = {}, {"ground truth": truth.rgb.numpy()}
+    for memory in MEMORIES:
+        model = WorldModel(backbone, config=WorldModelConfig(memory=memory))
+        model.reset(truth.rgb[:1], K[:1], poses[:1], depth=truth.depth[:1])
+        generator = torch.Generator().manual_seed(seed)
+        grid = SIZE // backbone.downsample
+        frames, valid = [truth.rgb[:1]], [torch.ones(1, grid, grid, dtype=torch.bool)]
+        start = time.perf_counter()
+        for i in tqdm(range(1, len(poses)), desc=f"{road_map.name} {memory}", unit="frame", leave=False):
+            out = model.render(poses[i : i + 1], K[:1], layout=layout[i : i + 1, None], generator=generator)
+            frames.append(out.rgb[:, 0])
+            valid.append(out.valid[:, 0, 0])
+        ms_per_frame = 1000 * (time.perf_counter() - start) / (len(poses) - 1)
+        rgb = torch.cat(frames).permute(0, 3, 1, 2).float() / 255
+        covered = F.interpolate(torch.cat(valid)[:, None].float(), size=(SIZE, SIZE), mode="nearest") > 0
+        videos[memory] = torch.cat(frames).numpy()
+        later = slice(1, None)  # frame 0 is the given start frame
+        lap2 = torch.as_tensor(second_lap)
+        frame_psnr, frame_ssim = psnr(rgb, truth_rgb), ssim(rgb, truth_rgb)
+        covered_psnr, covered_ssim = psnr(rgb, truth_rgb, covered), ssim(rgb, truth_rgb, covered)
+        sharpness = laplacian_variance(rgb) / laplacian_variance(truth_rgb).clamp(min=1e-8)
+        consistency = [float(psnr(rgb[a : a + 1], rgb[b : b + 1])) for a, b in pairs]
+        results[memory] = {
+            "psnr": float(frame_psnr[later].mean()),
+            "ssim": float(frame_ssim[later].mean()),
+            "psnr_covered": float(covered_psnr[later].nanmean()),
+            "ssim_covered": float(covered_ssim[later].nanmean()),
+            "coverage": float(covered[later].float().mean()),
+            "revisit_psnr": float(frame_psnr[lap2].mean()),
+            "revisit_ssim": float(frame_ssim[lap2].mean()),
+            "revisit_consistency_psnr": float(np.mean(consistency)) if consistency else None,
+            "sharpness_ratio": float(sharpness[later].mean()),
+            "ms_per_frame": ms_per_frame,
+        }
+    summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
+               "revisit_pairs": len(pairs), "memories": results}
+    side_by_side = np.concatenate([videos[name] for name in ("ground truth", *MEMORIES)], axis=2)
+    return summary, side_by_side
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--maps", nargs="+", default=["Town01", "town:1000000", "town:1000001"])
+    parser.add_argument("--loop-min-m", type=float, default=120.0, help="[m] shortest loop to drive twice")
+    parser.add_argument("--stride", type=int, default=2, help="expert steps (0.1 s) per generated frame")
+    parser.add_argument("--out", default="benchmarks/results/fidelity.json")
+    parser.add_argument("--video", default="docs/fidelity.mp4")
+    parser.add_argument("--sheet", default="docs/fidelity_contact_sheet.png")
+    args = parser.parse_args()
+
+    backbone = load_default_backbone(args.model)
+    routes, first_video = [], None
+    for index, spec in enumerate(args.maps):
+        summary, video = run_route(backbone, spec, seed=index, args=args)
+        routes.append(summary)
+        first_video = video if first_video is None else first_video
+
+    def mean(memory: str, key: str) -> float:
+        values = [r["memories"][memory][key] for r in routes if r["memories"][memory][key] is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
+            "sharpness_ratio", "ms_per_frame")
+    overall = {memory: {key: round(mean(memory, key), 3) for key in keys} for memory in MEMORIES}
+    report = {
+        "benchmark": "fidelity",
+        "model": args.model or "shipped default",
+        "image_size": SIZE,
+        "stride_steps": args.stride,
+        "routes": routes,
+        "mean": overall,
+        "revisit_psnr_gain_over_none_db": round(overall["latent"]["revisit_psnr"] - overall["none"]["revisit_psnr"], 2),
+        "revisit_psnr_latent_minus_pixel_db": round(overall["latent"]["revisit_psnr"] - overall["pixel"]["revisit_psnr"], 2),
+    }
+    print(f"\n{'':28}" + "".join(f"{m:>12}" for m in MEMORIES))
+    for key in keys:
+        print(f"{key:28}" + "".join(f"{overall[m][key]:>12.3f}" for m in MEMORIES))
+    print(f"revisit PSNR gain over no memory: {report['revisit_psnr_gain_over_none_db']} dB; "
+          f"latent - pixel: {report['revisit_psnr_latent_minus_pixel_db']} dB")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    write_video(args.video, first_video, fps=10.0 / args.stride)
+    chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)
+    sheet = contact_sheet(first_video[chosen], [f"frame {i}" for i in chosen], columns=1,
+                          title=f"{routes[0]['map']}: ground truth | latent cache | pixel memory | no memory")
+    sheet.save(args.sheet)
+    print(f"wrote {args.video} and {args.sheet}")
+
+
+if __name__ == "__main__":
+    main()
