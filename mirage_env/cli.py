@@ -17,62 +17,105 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mirage_env.expert import drive_route
-from mirage_env.renderer import GroundTruthRenderer
-from mirage_env.road_map import load_road_map
-from mirage_env.scene import dress_scene
-from mirage_env.vehicle import CameraMount
+from mirage_env.trajectory import Trajectory
 from mirage_env.visualize import colourise_depth, colourise_semantic, contact_sheet, write_video
 
 
 def demo(cfg: DictConfig) -> dict:
-    """Expert drive through a map, rendered to an mp4, a contact sheet and a trajectory file."""
+    """The expert drives a route in MirageDrive-v0; writes an mp4 (frames | ground truth, with a
+    HUD), per-step metrics, a contact sheet and the trajectory."""
+    from mirage_env.envs import MirageDriveEnv
+    from mirage_env.expert import RouteExpert
+    from world_model.metrics import psnr, ssim
+
     started = time.perf_counter()
     out_dir = Path(cfg.out_dir)
-    road_map = load_road_map(cfg.map)
-    rng = np.random.default_rng(cfg.seed)
-    route = road_map.random_route(rng, cfg.route_min_length_m, cfg.route_max_length_m)
-    mount = CameraMount(
-        forward_m=cfg.camera_forward_m, height_m=cfg.camera_height_m, pitch_deg=cfg.camera_pitch_deg,
-        fov_deg=cfg.fov_deg, width=cfg.width, height=cfg.height,
+    env = MirageDriveEnv(
+        map=cfg.map, renderer=cfg.renderer, world_model_path=cfg.world_model_path, memory=cfg.memory,
+        width=cfg.width, height=cfg.height, fov_deg=cfg.fov_deg, camera_height_m=cfg.camera_height_m,
+        camera_pitch_deg=cfg.camera_pitch_deg, camera_forward_m=cfg.camera_forward_m, dt_s=cfg.dt_s,
+        max_steps=cfg.max_steps, route_min_length_m=cfg.route_min_length_m,
+        route_max_length_m=cfg.route_max_length_m, scene_seed=cfg.seed, terminate_on_collision=False,
+        device=cfg.device,
     )
-    trajectory = drive_route(route, mount, dt=cfg.dt_s, progress=True)
-    trajectory_path = trajectory.save(out_dir / "trajectory.safetensors")
-    renderer = GroundTruthRenderer(dress_scene(road_map, cfg.seed), device=cfg.device)
+    observation, info = env.reset(seed=cfg.seed)
+    route, truth_renderer = env.scenario.route, env.scenario.assets.renderer
+    expert = RouteExpert(route, env.model)
+    generated = cfg.renderer == "world_model"
 
-    steps = np.arange(0, len(trajectory), cfg.frame_stride)
-    poses = torch.as_tensor(trajectory.cam_to_world[steps])
-    K = torch.as_tensor(trajectory.intrinsics).expand(len(steps), 3, 3)
-    panels = []
-    for start in tqdm(range(0, len(steps), cfg.batch_size), desc="rendering", unit="batch"):
-        batch = slice(start, start + cfg.batch_size)
-        out = renderer.render(poses[batch], K[batch], cfg.height, cfg.width)
-        depth = colourise_depth(out.depth[:, 0].cpu().numpy())
-        labels = colourise_semantic(out.semantic.cpu().numpy())
-        panels.append(np.concatenate([out.rgb.cpu().numpy(), depth, labels], axis=2))
-    frames = np.concatenate(panels)
-    video_path = write_video(out_dir / "drive.mp4", frames, fps=1.0 / (cfg.dt_s * cfg.frame_stride))
+    def truth_panels(pose: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+        out = truth_renderer.render(pose[None], env.K[None], cfg.height, cfg.width)
+        rgb = out.rgb[0].cpu().numpy()
+        if generated:
+            return rgb, [rgb]
+        return rgb, [colourise_depth(out.depth[0, 0].cpu().numpy()), colourise_semantic(out.semantic[0].cpu().numpy())]
+
+    frames, steps, ego = [], [], []
+    bar = tqdm(total=cfg.max_steps, desc=f"driving {env.scenario.name} ({cfg.renderer})", unit="step")
+    for step in range(cfg.max_steps + 1):
+        if step:
+            steer, throttle = expert.act(env.state)
+            observation, _, terminated, truncated, info = env.step(np.array([steer, throttle], dtype=np.float32))
+            bar.update(1)
+        truth, extra = truth_panels(env._camera_pose())
+        frame = observation["rgb"]
+        record = {"step": step, "time_s": round(step * cfg.dt_s, 2), "speed_mps": round(env.state.speed, 2),
+                  "route_completion": round(info["route_completion"], 1)}
+        if generated:
+            as_float = [torch.as_tensor(x).permute(2, 0, 1)[None].float() / 255 for x in (frame, truth)]
+            record["psnr_db"] = round(float(psnr(*as_float)), 2)
+            record["ssim"] = round(float(ssim(*as_float)), 3)
+        steps.append(record)
+        ego.append(env.state.as_array())
+        frames.append(_with_hud(np.concatenate([frame, *extra], axis=1), record))
+        if step and (terminated or truncated or expert.done(env.state)):
+            break
+    bar.close()
+    video_path = write_video(out_dir / "drive.mp4", frames, fps=1.0 / cfg.dt_s)
+    (out_dir / "steps.json").write_text(json.dumps(steps, indent=1))
+    mount = env.mount
+    trajectory = Trajectory(map_name=env.scenario.name, timestamps=np.arange(len(ego)) * cfg.dt_s, ego=np.stack(ego),
+                            controls=np.zeros((len(ego), 2)), cam_to_world=mount.poses(np.stack(ego)).numpy(),
+                            intrinsics=mount.intrinsics().numpy(), mount=mount)
+    trajectory_path = trajectory.save(out_dir / "trajectory.safetensors")
 
     chosen = np.linspace(0, len(frames) - 1, min(cfg.sheet_frames, len(frames))).round().astype(int)
-    captions = [f"t={trajectory.timestamps[steps[i]]:.1f}s v={trajectory.ego[steps[i], 3]:.1f}m/s" for i in chosen]
-    title = f"{road_map.name}, seed {cfg.seed}: route {route.length:.0f} m (RGB | depth | labels)"
+    panels = "generated | ground truth" if generated else "RGB | depth | labels"
+    title = f"{env.scenario.name}, seed {cfg.seed}: route {route.length:.0f} m ({panels})"
     sheet_path = out_dir / "contact_sheet.png"
-    contact_sheet(frames[chosen], captions, columns=2, title=title).save(sheet_path)
-
+    contact_sheet(np.stack(frames)[chosen], [f"t={steps[i]['time_s']:.1f}s" for i in chosen], columns=2,
+                  title=title).save(sheet_path)
     summary = {
-        "map": road_map.name,
+        "map": env.scenario.name,
+        "renderer": cfg.renderer,
         "seed": cfg.seed,
         "route_length_m": round(route.length, 1),
         "frames": len(frames),
-        "duration_s": float(trajectory.timestamps[-1]),
+        "route_completion": round(info["route_completion"], 1),
+        "infractions": {k: v for k, v in info["infractions"].items() if v},
+        **({"mean_psnr_db": round(float(np.mean([s["psnr_db"] for s in steps[1:]])), 2),
+            "mean_ssim": round(float(np.mean([s["ssim"] for s in steps[1:]])), 3)} if generated and len(steps) > 1 else {}),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "video": str(video_path),
         "contact_sheet": str(sheet_path),
+        "steps": str(out_dir / "steps.json"),
         "trajectory": str(trajectory_path),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _with_hud(frame: np.ndarray, record: dict) -> np.ndarray:
+    """``frame`` with a strip of text below: time, speed, route completion, PSNR when known."""
+    from PIL import Image, ImageDraw
+
+    text = f"t={record['time_s']:.1f}s  {record['speed_mps']:.1f} m/s  route {record['route_completion']:.0f}%"
+    if "psnr_db" in record:
+        text += f"  PSNR {record['psnr_db']:.1f} dB"
+    strip = Image.new("RGB", (frame.shape[1], 16), "black")  # 16: keeps heights multiples of 8 for H.264
+    ImageDraw.Draw(strip).text((2, 1), text, fill="white")
+    return np.concatenate([frame, np.asarray(strip)], axis=0)
 
 
 def train_world_model(cfg: DictConfig) -> dict:

@@ -7,21 +7,42 @@ import numpy as np
 from PIL import Image
 
 
-def test_demo_writes_video_sheet_and_trajectory(tmp_path):
-    """The README's main job, at a tiny size, in a subprocess as a user runs it."""
+def run_demo(tmp_path, *overrides: str) -> dict:
     command = [
         sys.executable, "-m", "mirage_env.cli", "demo", f"out_dir={tmp_path}", "width=64", "height=48",
-        "route_min_length_m=60", "route_max_length_m=120", "frame_stride=5", "seed=2",
+        "route_min_length_m=60", "route_max_length_m=120", "max_steps=40", "seed=2", *overrides,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 60 <= summary["route_length_m"] <= 120
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_demo_writes_video_sheet_and_trajectory(tmp_path):
+    """The README's main job, at a tiny size, in a subprocess as a user runs it."""
+    summary = run_demo(tmp_path)
+    assert 60 <= summary["route_length_m"] <= 120 and summary["frames"] == 41
     video = imageio.mimread(tmp_path / "drive.mp4", memtest=False)
-    assert len(video) == summary["frames"] and video[0].shape == (48, 64 * 3, 3)
+    assert len(video) == summary["frames"] and video[0].shape == (48 + 16, 64 * 3, 3)  # RGB | depth | labels + HUD
     assert np.std(video[len(video) // 2]) > 10  # a picture, not a blank frame
-    sheet = Image.open(tmp_path / "contact_sheet.png")
-    assert sheet.width > 2 * 64 * 3
+    assert Image.open(tmp_path / "contact_sheet.png").width > 2 * 64 * 3
+    steps = json.loads((tmp_path / "steps.json").read_text())
+    assert steps[-1]["speed_mps"] > 1 and steps[-1]["route_completion"] > 0  # the expert drives
+
+
+def test_demo_with_a_world_model_folder(tmp_path):
+    import torch
+
+    from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+
+    torch.manual_seed(0)
+    model = TinyBackbone(TinyAutoencoder(encoder_channels=(8, 16), decoder_channels=(16, 8), decoder_blocks=(1, 1),
+                                         depth_channels=8, norm_groups=4),
+                         TinyGenerator(block_out_channels=(16, 32), norm_groups=8)).save_pretrained(tmp_path / "model")
+    summary = run_demo(tmp_path / "out", "renderer=world_model", f"world_model_path={model}", "max_steps=5")
+    video = imageio.mimread(tmp_path / "out" / "drive.mp4", memtest=False)
+    assert video[0].shape == (48 + 16, 64 * 2, 3)  # generated | ground truth + HUD
+    steps = json.loads((tmp_path / "out" / "steps.json").read_text())
+    assert all("psnr_db" in step for step in steps) and "mean_psnr_db" in summary
 
 
 def test_cli_help_and_unknown_command():
