@@ -21,16 +21,15 @@ latent | pixel | none) ``docs/fidelity.mp4`` and a contact sheet ``docs/fidelity
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common import write_report  # noqa: E402  (benchmarks/ is on sys.path when run)
 from mirage_env.expert import drive_route
 from mirage_env.layout import LayoutRasteriser
 from mirage_env.renderer import GroundTruthRenderer
@@ -163,10 +162,7 @@ def main() -> None:
         print(f"{key:28}" + "".join(f"{overall[m][key]:>12.3f}" for m in MEMORIES))
     print(f"revisit PSNR gain over no memory: {report['revisit_psnr_gain_over_none_db']} dB; "
           f"latent - pixel: {report['revisit_psnr_latent_minus_pixel_db']} dB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     write_video(args.video, first_video, fps=10.0 / args.stride)
     chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)
     sheet = contact_sheet(first_video[chosen], [f"frame {i}" for i in chosen], columns=1,

@@ -19,7 +19,6 @@ channels) with random weights: timing and memory do not depend on what it learne
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from common import write_report  # noqa: E402  (benchmarks/ is on sys.path when run)
 from mirage_env.expert import drive_route  # noqa: E402
 from mirage_env.renderer import GroundTruthRenderer  # noqa: E402
 from mirage_env.road_map import RoadMap, Route  # noqa: E402
@@ -175,19 +175,19 @@ def main() -> None:
     print(f"latent growth lap {args.laps} / lap 1: {report['latent_growth_lap10_over_lap1']}"
           f" ({first_lap[0]} -> {last_lap[0]} tokens)")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    plot_bytes(latent_bytes, pixel_bytes, lap_length, Path(args.plot), args.laps, args.size)
+    write_report(report, args.out)
+    lap_starts = np.flatnonzero(np.diff(lap_of_frame)) + 1
+    plot_bytes(latent_bytes, pixel_bytes, lap_length, lap_starts, Path(args.plot), args.laps, args.size)
 
 
-def plot_bytes(latent_bytes, pixel_bytes, lap_length, path: Path, laps: int, size: int) -> None:
+def plot_bytes(latent_bytes, pixel_bytes, lap_length, lap_starts, path: Path, laps: int, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     frames = np.arange(1, len(latent_bytes) + 1)
     ax.plot(frames, np.array(latent_bytes) / 2**20, label="latent cache (bounded)")
     ax.plot(frames[: len(pixel_bytes)], np.array(pixel_bytes) / 2**20, label="pixel-space memory")
+    for i, start in enumerate(lap_starts):
+        ax.axvline(start, color="grey", lw=0.6, ls="--", label="new lap" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("frames written")
     ax.set_ylabel("memory held [MB]")

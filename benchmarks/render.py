@@ -9,14 +9,13 @@ renders the same poses, after one warm-up call, in one run so the figures compar
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import write_report  # noqa: E402  (benchmarks/ is on sys.path when run)
 from mirage_env.expert import drive_route
 from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.road_map import RoadMap
@@ -65,10 +64,7 @@ def main() -> None:
         "frames_per_config": args.frames,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
