@@ -57,8 +57,8 @@ from typing import Callable
 
 import diffusers
 import torch
-import transformers
 import torch.nn.functional as F
+import transformers
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from peft import LoraConfig
@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 from world_model.backbone import Conditioning
 from world_model.memory import token_depth
 from world_model.tiny_backbone import sample_noise
+from world_model.world_model import DepthModel
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every Wan block
 LORA_FORMAT = "mirage-wan-lora/1"
@@ -83,9 +84,6 @@ PARTS = {
     "text_encoder": "config.json",
     "tokenizer": "tokenizer_config.json",
 }
-
-DepthModel = Callable[[torch.Tensor], torch.Tensor]
-"""Maps images (B, 3, H, W) in [0, 1] to metric depth (B, 1, H, W) [m], 0 for sky."""
 
 
 @dataclass
@@ -101,7 +99,7 @@ class WanBackboneConfig:
 
     chunk_frames: int = 33  # [frames] most targets per generate call (the published chunk)
     context_frames: int = 1  # [frames] clean latest frames ahead of each chunk (the overlap)
-    layout_channels: int = 0  # road-layout channels in the conditioning (0: none; 3 for map scenarios)
+    layout_channels: int = 0  # road-layout channels in the conditioning (0: none, layouts ignored; 3 for maps)
     num_inference_steps: int = 50  # scheduler steps per chunk (Wan2.2's default)
     prompt: str = ""  # fixed text prompt, encoded once at load
     max_sequence_length: int = 512  # [tokens] prompt padding length (Wan2.2 uses 512)
@@ -134,7 +132,11 @@ class WanBackbone:
                  prompt_embeds: torch.Tensor, config: WanBackboneConfig | None = None,
                  depth_model: DepthModel | None = None):
         self.config = config or WanBackboneConfig()
-        self.vae, self.transformer, self.scheduler = vae.eval(), transformer.eval(), scheduler
+        # Frozen until add_lora(); the VAE works one frame at a time (a 720p frame's decoder
+        # activations take gigabytes, a 33-frame chunk's at once would not fit).
+        self.vae, self.transformer, self.scheduler = vae.eval().requires_grad_(False), transformer.eval(), scheduler
+        self.transformer.requires_grad_(False)
+        self.vae.enable_slicing()
         self.depth_model = depth_model
         self.latent_channels = vae.config.z_dim
         self.downsample = vae.config.scale_factor_spatial
@@ -151,8 +153,9 @@ class WanBackbone:
             raise ValueError(f"{type(scheduler).__name__} is not a flow-matching scheduler; use "
                              "FlowMatchEulerDiscreteScheduler or UniPCMultistepScheduler with "
                              "prediction_type='flow_prediction' and use_flow_sigmas=True, as Wan2.2 ships")
-        if prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != 1 or prompt_embeds.shape[2] != transformer.config.text_dim:
-            raise ValueError(f"`prompt_embeds` must be (1, L, {transformer.config.text_dim}), got "
+        text_dim = transformer.config.text_dim
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != 1 or prompt_embeds.shape[2] != text_dim:
+            raise ValueError(f"`prompt_embeds` must be (1, L, {text_dim}), got "
                              f"{tuple(prompt_embeds.shape)}")
         self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         self._widen_patch_embedding()
@@ -162,8 +165,8 @@ class WanBackbone:
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         config: WanBackboneConfig | None = None, depth_model: DepthModel | None = None) -> WanBackbone:
         """Load a local diffusers Wan2.2 folder (see the module doc). The transformer and text
-        encoder load in ``dtype`` (bfloat16 on a GPU), the VAE in float32 (Wan's VAE loses
-        detail in bfloat16). The prompt is encoded here and the text encoder released."""
+        encoder load in ``dtype`` (bfloat16 on a GPU), the VAE in float32 (as diffusers' Wan
+        examples load it). The prompt is encoded here and the text encoder released."""
         config = config or WanBackboneConfig()
         root = Path(path)
         if not root.is_dir():
@@ -324,7 +327,8 @@ class WanBackbone:
         Random draws come from ``generator`` (CPU)."""
         batch, count = conditioning.check(self.latent_channels)
         if targets.shape != conditioning.memory.latents.shape:
-            raise ValueError(f"`targets` must be {tuple(conditioning.memory.latents.shape)}, got {tuple(targets.shape)}")
+            raise ValueError(f"`targets` must be {tuple(conditioning.memory.latents.shape)} like the memory read, "
+                             f"got {tuple(targets.shape)}")
         clean = targets.to(self.device, torch.float32).view(batch, count, *targets.shape[1:]).permute(0, 2, 1, 3, 4)
         noise = torch.randn(clean.shape, generator=generator).to(self.device)
         shift = self.scheduler.config.get("flow_shift", self.scheduler.config.get("shift", 1.0))
