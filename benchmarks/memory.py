@@ -72,13 +72,15 @@ def make_vae(device: str, downsample: int) -> AutoencoderKL:
     return vae.to(device).eval()
 
 
-def timed_reads(memory, poses, K, size) -> float:
-    """Mean milliseconds per single-view read over the given poses."""
+def timed_reads(memory, poses, K, size) -> tuple[float, float]:
+    """Mean milliseconds per single-view read over the given poses, and the mean fraction of
+    latent cells the reads cover."""
     memory.read(poses[:1], K[:1], (size, size))  # warm-up
+    covered = 0.0
     start = time.perf_counter()
     for i in range(len(poses)):
-        memory.read(poses[i : i + 1], K[i : i + 1], (size, size))
-    return 1000 * (time.perf_counter() - start) / len(poses)
+        covered += float(memory.read(poses[i : i + 1], K[i : i + 1], (size, size)).valid.float().mean())
+    return 1000 * (time.perf_counter() - start) / len(poses), covered / len(poses)
 
 
 def main() -> None:
@@ -130,10 +132,10 @@ def main() -> None:
             written = frame + 1
             if written in (100, PIXEL_FRAMES) and written + READ_STEPS <= len(poses):
                 ahead = slice(written, written + READ_STEPS)
-                reads[written] = {
-                    "latent_ms": timed_reads(latent, poses[ahead], K[ahead], args.size),
-                    "pixel_ms": timed_reads(pixel, poses[ahead], K[ahead], args.size),
-                }
+                latent_ms, latent_coverage = timed_reads(latent, poses[ahead], K[ahead], args.size)
+                pixel_ms, pixel_coverage = timed_reads(pixel, poses[ahead], K[ahead], args.size)
+                reads[written] = {"latent_ms": latent_ms, "pixel_ms": pixel_ms,
+                                  "latent_coverage": latent_coverage, "pixel_coverage": pixel_coverage}
 
     def at(values, frames):
         return values[frames - 1] if len(values) >= frames else None
@@ -150,7 +152,7 @@ def main() -> None:
         "laps": args.laps,
         "lap_length_m": round(lap_length, 1),
         "device": args.device,
-        "read_ms": {str(k): {name: round(v, 2) for name, v in r.items()} for k, r in reads.items()},
+        "reads": {str(k): {name: round(v, 3) for name, v in r.items()} for k, r in reads.items()},
         "read_speedup": round(reads[100]["pixel_ms"] / reads[100]["latent_ms"], 1),
         "read_speedup_1000": round(reads[PIXEL_FRAMES]["pixel_ms"] / reads[PIXEL_FRAMES]["latent_ms"], 1)
         if PIXEL_FRAMES in reads else None,
@@ -159,14 +161,16 @@ def main() -> None:
         },
         "bytes_ratio_1000": round(at(pixel_bytes, PIXEL_FRAMES) / at(latent_bytes, PIXEL_FRAMES), 1)
         if at(pixel_bytes, PIXEL_FRAMES) else None,
+        "latent_tokens_at_lap_end": [lap_end_tokens[lap][0] for lap in range(args.laps)],
         "latent_tokens_lap1": first_lap[0],
         "latent_tokens_last_lap": last_lap[0],
         "latent_growth_lap10_over_lap1": round(last_lap[1] / first_lap[1], 3),
     }
 
     print(f"\n{'':28}{'latent cache':>14}{'pixel memory':>14}")
-    for frames, row in report["read_ms"].items():
+    for frames, row in report["reads"].items():
         print(f"{'read ms after ' + frames + ' frames':28}{row['latent_ms']:>14.2f}{row['pixel_ms']:>14.2f}")
+        print(f"{'  cells covered':28}{row['latent_coverage']:>14.2f}{row['pixel_coverage']:>14.2f}")
     for frames, row in report["bytes"].items():
         pixel_text = f"{row['pixel'] / 2**20:>12.2f}MB" if row["pixel"] else f"{'-':>14}"
         print(f"{'bytes after ' + frames + ' frames':28}{row['latent'] / 2**20:>12.2f}MB{pixel_text}")

@@ -21,7 +21,9 @@ Fuse
     (one frame's tokens are never merged with each other, which keeps a read from the writing
     pose exact). So the cache grows with the area seen, not the frames written: a surface is
     held at about one token per footprint at each distance band (a factor of 2) it was seen
-    from. Voxels are centred on multiples of their size, so flat ground at z = 0 does not
+    from. A token whose own voxel is still empty joins the neighbouring level's voxel when that
+    one exists, so a surface seen again from a distance at a band boundary does not open new
+    voxels. Voxels are centred on multiples of their size, so flat ground at z = 0 does not
     straddle a voxel boundary.
 Storage
     A token takes 39 bytes with 8 float16 latent channels: its voxel key (8 bytes, which holds
@@ -263,6 +265,23 @@ class LatentCache:
         cfg = self.config
         level = torch.ceil(torch.log2((footprint / cfg.voxel_min_m).clamp(min=1.0)))
         level = level.clamp(max=cfg.voxel_levels - 1).long()
+        key, cell, voxel = self._pack(position, level, cache)
+        # A surface seen again from about the same distance joins the voxels it already has:
+        # a token at a level boundary takes the neighbouring level when that voxel exists and
+        # its own does not, so small pose changes do not open new voxels.
+        if len(self):
+            for step in (1, -1):
+                other = (level + step).clamp(0, cfg.voxel_levels - 1)
+                other_key, other_cell, other_voxel = self._pack(position, other, cache)
+                snap = ~torch.isin(key, self.key) & torch.isin(other_key, self.key)
+                key = torch.where(snap, other_key, key)
+                cell = torch.where(snap[:, None], other_cell, cell)
+                voxel = torch.where(snap, other_voxel, voxel)
+        return key, cell, voxel
+
+    def _pack(self, position: torch.Tensor, level: torch.Tensor, cache: torch.Tensor):
+        """Keys, cells and voxel sizes of ``position`` (N, 3) at voxel ``level`` (N,)."""
+        cfg = self.config
         voxel = cfg.voxel_min_m * torch.pow(2.0, level.float())
         # Voxels centred on multiples of their size: flat ground at z = 0 sits mid-voxel instead
         # of on a boundary where rounding noise would split it in two.
