@@ -381,38 +381,42 @@ class LatentCache:
             u = fx * local[:, 0] / z.clamp(min=_NEAR_M) + cx
             v = fy * local[:, 1] / z.clamp(min=_NEAR_M) + cy
             # Only tokens in front whose own cell is within a splat radius of the grid.
-            near = (z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius)
-            token, local, z, u, v = token[near], local[near], z[near], u[near], v[near]
+            near = ((z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius))
+            keep = near.nonzero()[:, 0]
+            token, local, u, v = token[keep], local[keep], u[keep], v[keep]
             # The token's surface patch (centre +- its two half-axes) projected into the target.
             axes = self._patch_axes(token) @ rotation.T
             corners = local[:, None, :] + torch.cat([axes, -axes], 1)
             corner_z = corners[..., 2].clamp(min=_NEAR_M)
             corner_u = fx * corners[..., 0] / corner_z + cx
             corner_v = fy * corners[..., 1] / corner_z + cy
-            parts.append((torch.full_like(token, b), token, z, u, v, corner_u, corner_v))
-        view, token, z, u, v, corner_u, corner_v = (torch.cat(tensors) for tensors in zip(*parts))
-        home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
-        # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most `radius` away.
-        col0 = torch.minimum(torch.ceil(corner_u.min(1).values - 0.5).long(), home_col).clamp(min=home_col - radius)
-        col1 = torch.maximum(torch.floor(corner_u.max(1).values - 0.5).long(), home_col).clamp(max=home_col + radius)
-        row0 = torch.minimum(torch.ceil(corner_v.min(1).values - 0.5).long(), home_row).clamp(min=home_row - radius)
-        row1 = torch.maximum(torch.floor(corner_v.max(1).values - 0.5).long(), home_row).clamp(max=home_row + radius)
-        in_front = (z > _NEAR_M) & (col1 >= 0) & (col0 < width) & (row1 >= 0) & (row0 < height)
-        view, token, z = view[in_front], token[in_front], z[in_front]
-        home_col, home_row, col0, col1, row0, row1 = (t[in_front] for t in (home_col, home_row, col0, col1, row0, row1))
+            home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
+            # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most
+            # `radius` away; columns then rows, as (first, last) pairs.
+            first = torch.ceil(torch.stack([corner_u.amin(1), corner_v.amin(1)], 1) - 0.5).long()
+            last = torch.floor(torch.stack([corner_u.amax(1), corner_v.amax(1)], 1) - 0.5).long()
+            home = torch.stack([home_col, home_row], 1)
+            first = torch.minimum(first, home).clamp(min=home - radius)
+            last = torch.maximum(last, home).clamp(max=home + radius)
+            on_grid = (last >= 0).all(1) & (first[:, 0] < width) & (first[:, 1] < height)
+            ints = torch.cat([token[:, None], home, first, last], 1)[on_grid]
+            ints = torch.cat([torch.full_like(ints[:, :1], b), ints], 1)
+            parts.append((ints, local[on_grid, 2]))
+        ints, z = (torch.cat(tensors) for tensors in zip(*parts))
+        view, token, home, first, last = ints[:, 0], ints[:, 1], ints[:, 2:4], ints[:, 4:6], ints[:, 6:8]
 
         # Expand each token to the cells of its splat rectangle.
-        cols, rows = col1 - col0 + 1, row1 - row0 + 1
-        counts = cols * rows
+        size = last - first + 1
+        counts = size[:, 0] * size[:, 1]
         pair = torch.arange(len(token), device=self.device).repeat_interleave(counts)
         offset = torch.arange(int(counts.sum()), device=self.device) - (torch.cumsum(counts, 0) - counts)[pair]
-        col = col0[pair] + offset % cols[pair]
-        row = row0[pair] + torch.div(offset, cols[pair], rounding_mode="floor")
-        d_col, d_row = col - home_col[pair], row - home_row[pair]
-        inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-        pair, col, row = pair[inside], col[inside], row[inside]
-        ring = torch.maximum(d_col[inside].abs(), d_row[inside].abs()).float()
-        priority = z[pair] * (1 + cfg.splat_depth_penalty * ring)
+        cols = size[pair, 0]
+        col = first[pair, 0] + offset % cols
+        row = first[pair, 1] + torch.div(offset, cols, rounding_mode="floor")
+        ring = torch.maximum((col - home[pair, 0]).abs(), (row - home[pair, 1]).abs())
+        inside = ((col >= 0) & (col < width) & (row >= 0) & (row < height)).nonzero()[:, 0]
+        pair, col, row, ring = pair[inside], col[inside], row[inside], ring[inside]
+        priority = z[pair] * (1 + cfg.splat_depth_penalty * ring.float())
 
         cells = batch * height * width
         cell = view[pair] * (height * width) + row * width + col
@@ -490,34 +494,35 @@ def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
         return read
     batch, channels, height, width = read.latents.shape
     inf = float("inf")
-    depth = F.pad(torch.where(read.valid, read.depth, inf), (reach,) * 4, value=inf)
-    index = F.pad(torch.arange(height * width, device=depth.device).view(1, 1, height, width).expand(batch, 1, -1, -1),
-                  (reach,) * 4, value=-1)
+    cells = torch.arange(height * width, device=read.depth.device).view(1, 1, height, width)
+    index = F.pad(torch.where(read.valid, cells, -1), (reach,) * 4, value=-1)  # valid cells' own index
+    depth = read.depth.reshape(batch, 1, -1)
+
+    def depth_at(found: torch.Tensor) -> torch.Tensor:
+        values = depth.gather(2, found.clamp(min=0).view(batch, 1, -1)).view_as(found)
+        return torch.where(found >= 0, values, inf)
+
     best_depth = torch.full_like(read.depth, inf)
     best_index = torch.full_like(read.depth, -1, dtype=torch.long)
     for step_row, step_col in ((1, 0), (0, 1), (1, 1), (1, -1)):
         sides = []
         for sign in (1, -1):
-            found_depth, found_index = torch.full_like(read.depth, inf), torch.full_like(best_index, -1)
+            found = torch.full_like(best_index, -1)
             for step in range(reach, 0, -1):  # far to near, so the nearest valid cell wins
                 row, col = reach + sign * step_row * step, reach + sign * step_col * step
-                cells = (..., slice(row, row + height), slice(col, col + width))
-                hit = depth[cells] < inf
-                found_depth = torch.where(hit, depth[cells], found_depth)
-                found_index = torch.where(hit, index[cells], found_index)
-            sides.append((found_depth, found_index))
-        (first_depth, first_index), (second_depth, second_index) = sides
-        between = (first_depth < inf) & (second_depth < inf) & ~read.valid
+                candidate = index[..., row : row + height, col : col + width]
+                found = torch.where(candidate >= 0, candidate, found)
+            sides.append(found)
+        first_depth, second_depth = depth_at(sides[0]), depth_at(sides[1])
         candidate_depth = torch.minimum(first_depth, second_depth)
-        candidate_index = torch.where(first_depth <= second_depth, first_index, second_index)
-        better = between & (candidate_depth < best_depth)
+        better = (sides[0] >= 0) & (sides[1] >= 0) & ~read.valid & (candidate_depth < best_depth)
         best_depth = torch.where(better, candidate_depth, best_depth)
-        best_index = torch.where(better, candidate_index, best_index)
+        best_index = torch.where(better, torch.where(first_depth <= second_depth, sides[0], sides[1]), best_index)
     filled = best_index >= 0
-    source = best_index.clamp(min=0).view(batch, 1, -1)
-    fill_latents = read.latents.reshape(batch, channels, -1).gather(2, source.expand(-1, channels, -1))
+    source = best_index.clamp(min=0).view(batch, 1, -1).expand(-1, channels, -1)
+    fill_latents = read.latents.reshape(batch, channels, -1).gather(2, source).view_as(read.latents)
     return MemoryRead(
-        latents=torch.where(filled, fill_latents.view_as(read.latents), read.latents),
+        latents=torch.where(filled, fill_latents, read.latents),
         valid=read.valid | filled,
         depth=torch.where(filled, best_depth, read.depth),
     )
