@@ -72,15 +72,19 @@ def make_vae(device: str, downsample: int) -> AutoencoderKL:
     return vae.to(device).eval()
 
 
-def timed_reads(memory, poses, K, size) -> tuple[float, float]:
-    """Mean milliseconds per single-view read over the given poses, and the mean fraction of
-    latent cells the reads cover."""
+def timed_reads(memory, poses, K, size, passes: int = 3) -> tuple[float, float]:
+    """Milliseconds per single-view read over the given poses (the best of ``passes`` passes:
+    these machines are shared, and the minimum is the least disturbed), and the mean fraction
+    of latent cells the reads cover."""
     memory.read(poses[:1], K[:1], (size, size))  # warm-up
-    covered = 0.0
-    start = time.perf_counter()
-    for i in range(len(poses)):
-        covered += float(memory.read(poses[i : i + 1], K[i : i + 1], (size, size)).valid.float().mean())
-    return 1000 * (time.perf_counter() - start) / len(poses), covered / len(poses)
+    best, covered = float("inf"), 0.0
+    for _ in range(passes):
+        covered = 0.0
+        start = time.perf_counter()
+        for i in range(len(poses)):
+            covered += float(memory.read(poses[i : i + 1], K[i : i + 1], (size, size)).valid.float().mean())
+        best = min(best, 1000 * (time.perf_counter() - start) / len(poses))
+    return best, covered / len(poses)
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ is tensor code with no Python loop over tokens. Works on any torch device.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -146,17 +147,12 @@ class LatentCache:
     @property
     def position(self) -> torch.Tensor:
         """(N, 3) world position of each token [m]."""
-        return self._positions(slice(None))
+        return self._positions(slice(None))[0]
 
-    def _positions(self, index) -> torch.Tensor:
-        """(n, 3) world positions [m] of the tokens ``index``."""
+    def _positions(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """World positions (n, 3) [m] and voxel sizes (n,) [m] of the tokens ``index``."""
         cell, voxel = self._unpack(self.key[index])
-        return (cell + self.offset[index].float() / _OFFSET_STEPS) * voxel[:, None]
-
-    def _patch_axes(self, index: torch.Tensor) -> torch.Tensor:
-        """(n, 2, 3) patch half-axes [m] of the tokens ``index``."""
-        _, voxel = self._unpack(self.key[index])
-        return self.patch[index].float() * (voxel / _PATCH_STEPS)[:, None, None]
+        return (cell + self.offset[index].float() / _OFFSET_STEPS) * voxel[:, None], voxel
 
     def count(self, cache_id: int) -> int:
         """Tokens held by one cache."""
@@ -375,7 +371,8 @@ class LatentCache:
         for b in range(batch):  # per view: its cache's tokens into its camera, culled early
             token = (cache == ids[b]).nonzero()[:, 0]
             rotation, translation = world_to_cam[b, :3, :3], world_to_cam[b, :3, 3]
-            local = self._positions(token) @ rotation.T + translation
+            position, voxel = self._positions(token)
+            local = position @ rotation.T + translation
             z = local[:, 2]
             fx, fy, cx, cy = K_latent[b, 0, 0], K_latent[b, 1, 1], K_latent[b, 0, 2], K_latent[b, 1, 2]
             u = fx * local[:, 0] / z.clamp(min=_NEAR_M) + cx
@@ -383,9 +380,9 @@ class LatentCache:
             # Only tokens in front whose own cell is within a splat radius of the grid.
             near = ((z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius))
             keep = near.nonzero()[:, 0]
-            token, local, u, v = token[keep], local[keep], u[keep], v[keep]
+            token, local, u, v, voxel = token[keep], local[keep], u[keep], v[keep], voxel[keep]
             # The token's surface patch (centre +- its two half-axes) projected into the target.
-            axes = self._patch_axes(token) @ rotation.T
+            axes = (self.patch[token].float() * (voxel / _PATCH_STEPS)[:, None, None]) @ rotation.T
             corners = local[:, None, :] + torch.cat([axes, -axes], 1)
             corner_z = corners[..., 2].clamp(min=_NEAR_M)
             corner_u = fx * corners[..., 0] / corner_z + cx
@@ -486,45 +483,59 @@ def _shrink_to_int8_range(axes: torch.Tensor) -> torch.Tensor:
     return axes * (127 / largest.clamp(min=127))
 
 
+_GAP_DIRECTIONS = ((1, 0), (0, 1), (1, 1), (1, -1))  # columns, rows and both diagonals
+
+
+@functools.lru_cache(maxsize=16)
+def _gap_neighbours(height: int, width: int, reach: int, device: str) -> torch.Tensor:
+    """(4 directions, 2 sides, reach steps, h * w) flat index of each cell's neighbour that many
+    steps along the direction on that side, -1 off the grid."""
+    rows = torch.arange(height, device=device).view(-1, 1).expand(height, width).reshape(-1)
+    cols = torch.arange(width, device=device).view(1, -1).expand(height, width).reshape(-1)
+    table = torch.empty(len(_GAP_DIRECTIONS), 2, reach, height * width, dtype=torch.long, device=device)
+    for d, (step_row, step_col) in enumerate(_GAP_DIRECTIONS):
+        for side, sign in enumerate((1, -1)):
+            for step in range(1, reach + 1):
+                row, col = rows + sign * step_row * step, cols + sign * step_col * step
+                inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+                table[d, side, step - 1] = torch.where(inside, row * width + col, -1)
+    return table
+
+
 def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
     """Fill empty cells lying between valid cells (see the module doc): per direction the
     nearest valid cell on each side within ``reach``, the nearer-depth side if both exist,
-    and over the four directions the nearest candidate."""
+    and over the four directions the nearest candidate. All in a few batched gathers."""
     if reach < 1:
         return read
     batch, channels, height, width = read.latents.shape
-    inf = float("inf")
-    cells = torch.arange(height * width, device=read.depth.device).view(1, 1, height, width)
-    index = F.pad(torch.where(read.valid, cells, -1), (reach,) * 4, value=-1)  # valid cells' own index
-    depth = read.depth.reshape(batch, 1, -1)
-
-    def depth_at(found: torch.Tensor) -> torch.Tensor:
-        values = depth.gather(2, found.clamp(min=0).view(batch, 1, -1)).view_as(found)
-        return torch.where(found >= 0, values, inf)
-
-    best_depth = torch.full_like(read.depth, inf)
-    best_index = torch.full_like(read.depth, -1, dtype=torch.long)
-    for step_row, step_col in ((1, 0), (0, 1), (1, 1), (1, -1)):
-        sides = []
-        for sign in (1, -1):
-            found = torch.full_like(best_index, -1)
-            for step in range(reach, 0, -1):  # far to near, so the nearest valid cell wins
-                row, col = reach + sign * step_row * step, reach + sign * step_col * step
-                candidate = index[..., row : row + height, col : col + width]
-                found = torch.where(candidate >= 0, candidate, found)
-            sides.append(found)
-        first_depth, second_depth = depth_at(sides[0]), depth_at(sides[1])
-        candidate_depth = torch.minimum(first_depth, second_depth)
-        better = (sides[0] >= 0) & (sides[1] >= 0) & ~read.valid & (candidate_depth < best_depth)
-        best_depth = torch.where(better, candidate_depth, best_depth)
-        best_index = torch.where(better, torch.where(first_depth <= second_depth, sides[0], sides[1]), best_index)
-    filled = best_index >= 0
-    source = best_index.clamp(min=0).view(batch, 1, -1).expand(-1, channels, -1)
-    fill_latents = read.latents.reshape(batch, channels, -1).gather(2, source).view_as(read.latents)
+    device = read.depth.device
+    table = _gap_neighbours(height, width, reach, str(device))  # (4, 2, reach, hw)
+    cells = height * width
+    valid = read.valid.reshape(batch, cells)
+    depth = torch.where(valid, read.depth.reshape(batch, cells), float("inf"))
+    # Padding column `cells` stands for "off the grid": never valid, infinitely far.
+    valid = torch.cat([valid, torch.zeros(batch, 1, dtype=torch.bool, device=device)], 1)
+    depth = torch.cat([depth, torch.full((batch, 1), float("inf"), device=device)], 1)
+    neighbour = torch.where(table >= 0, table, cells).view(-1)
+    hit = valid[:, neighbour].view(batch, *table.shape)  # (B, 4, 2, reach, hw)
+    nearest_step = hit.float().argmax(dim=3, keepdim=True)  # first valid step on each side
+    found = hit.gather(3, nearest_step)[:, :, :, 0]  # (B, 4, 2, hw)
+    source = table.expand(batch, -1, -1, -1, -1).gather(3, nearest_step)[:, :, :, 0]
+    source_depth = torch.where(found, depth.gather(1, source.clamp(min=0).reshape(batch, -1)).view_as(source),
+                               float("inf"))
+    both_sides = found.all(dim=2)  # (B, 4, hw)
+    side = source_depth.argmin(dim=2, keepdim=True)  # the nearer side
+    candidate = source.gather(2, side)[:, :, 0]
+    candidate_depth = torch.where(both_sides, source_depth.gather(2, side)[:, :, 0], float("inf"))
+    best_depth, direction = candidate_depth.min(dim=1)  # (B, hw) nearest over directions
+    best = candidate.gather(1, direction[:, None])[:, 0]
+    filled = (torch.isfinite(best_depth) & ~read.valid.reshape(batch, cells)).view_as(read.valid)
+    fill = read.latents.reshape(batch, channels, -1).gather(2, best.clamp(min=0)[:, None].expand(-1, channels, -1))
     return MemoryRead(
-        latents=torch.where(filled, fill_latents, read.latents),
+        latents=torch.where(filled, fill.view_as(read.latents), read.latents),
         valid=read.valid | filled,
-        depth=torch.where(filled, best_depth, read.depth),
+        depth=torch.where(filled, best_depth.view_as(read.depth), read.depth),
     )
 
 
