@@ -137,7 +137,8 @@ def train_world_model(cfg: DictConfig) -> dict:
     def stage(section: DictConfig) -> StageConfig:
         return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
                            adversarial_weight=section.adversarial_weight,
-                           adversarial_start=section.adversarial_start, checkpoint_every=cfg.checkpoint_every)
+                           adversarial_start=section.adversarial_start, adversarial_ramp=section.adversarial_ramp,
+                           checkpoint_every=cfg.checkpoint_every)
 
     ae = cfg.autoencoder
     autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),
@@ -203,7 +204,71 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
             ("generator.steps", cfg.generator.steps)]
 
 
-COMMANDS = {"demo": demo, "train-world-model": train_world_model}
+KEYBOARD_HELP = """keys (then Enter; several at once repeat): w faster, s brake, a left, d right, space coast, q quit
+MirageWorld-v0: w/s forward/back, a/d turn, r/f up/down"""
+
+
+def _keyboard_action(env_id: str, keys: str) -> np.ndarray | None:
+    """Action for typed ``keys`` (see KEYBOARD_HELP); None quits."""
+    if "q" in keys:
+        return None
+    if env_id == "MirageDrive-v0":
+        steer = 0.5 * (keys.count("a") - keys.count("d"))
+        throttle = 0.5 * (keys.count("w") - keys.count("s"))
+        return np.clip(np.array([steer, throttle], dtype=np.float32), -1, 1)
+    # Camera frame: x right, y down, z forward; rotation vector (pitch up, yaw right, roll right).
+    action = np.zeros(6, dtype=np.float32)
+    action[2] = keys.count("w") - keys.count("s")
+    action[1] = keys.count("f") - keys.count("r")
+    action[4] = 0.5 * (keys.count("d") - keys.count("a"))
+    return np.clip(action, -1, 1)
+
+
+def play(cfg: DictConfig) -> dict:
+    """Step an env with a scripted policy or the keyboard; save the video of ``render()``."""
+    import gymnasium as gym
+
+    from mirage_env.expert import RouteExpert
+
+    if cfg.policy not in ("expert", "random", "straight", "keyboard"):
+        raise SystemExit(f"mirage play: policy must be expert, random, straight or keyboard, got {cfg.policy!r}")
+    if cfg.policy == "expert" and cfg.env != "MirageDrive-v0":
+        raise SystemExit("mirage play: the expert drives MirageDrive-v0; use policy=random/straight/keyboard")
+    env = gym.make(cfg.env, render_mode="rgb_array", map=cfg.map, renderer=cfg.renderer,
+                   world_model_path=cfg.world_model_path, width=cfg.width, height=cfg.height,
+                   render_size=cfg.render_size)
+    env.reset(seed=cfg.seed)
+    inner = env.unwrapped
+    expert = RouteExpert(inner.scenario.route, inner.model) if cfg.policy == "expert" else None
+    if cfg.policy == "keyboard":
+        print(KEYBOARD_HELP)
+    frames, total, info, played = [env.render()], 0.0, {}, 0
+    for _ in tqdm(range(cfg.steps), desc=f"{cfg.env} ({cfg.policy})", unit="step", disable=cfg.policy == "keyboard"):
+        if expert is not None:
+            action = np.array(expert.act(inner.state), dtype=np.float32)
+        elif cfg.policy == "random":
+            action = env.action_space.sample()
+        elif cfg.policy == "straight":
+            action = np.zeros(env.action_space.shape, dtype=np.float32)
+            action[1 if cfg.env == "MirageDrive-v0" else 2] = 0.5
+        else:
+            action = _keyboard_action(cfg.env, input("> ").lower())
+            if action is None:
+                break
+        _, reward, terminated, truncated, info = env.step(action)
+        played, total = played + 1, total + reward
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    video = write_video(cfg.out, frames, fps=env.metadata["render_fps"])
+    summary = {"env": cfg.env, "policy": cfg.policy, "steps": played, "return": round(total, 2),
+               "termination": info.get("termination_reason", ""),
+               "infractions": {k: v for k, v in info.get("infractions", {}).items() if v}, "video": str(video)}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+COMMANDS = {"demo": demo, "play": play, "train-world-model": train_world_model}
 
 
 def main(argv: list[str] | None = None) -> int:

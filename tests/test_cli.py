@@ -50,3 +50,17 @@ def test_cli_help_and_unknown_command():
     assert help_text.returncode == 0 and "route_min_length_m" in help_text.stdout
     unknown = subprocess.run([sys.executable, "-m", "mirage_env.cli", "fly"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+
+
+def test_play_scripted_and_keyboard(tmp_path):
+    common = [sys.executable, "-m", "mirage_env.cli", "play", "width=32", "height=32", "render_size=64", "steps=20"]
+    done = subprocess.run([*common, f"out={tmp_path / 'expert.mp4'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(imageio.mimread(tmp_path / "expert.mp4", memtest=False)) == 21
+    # Keyboard: two steps forward, then quit.
+    done = subprocess.run([*common, "policy=keyboard", f"out={tmp_path / 'keys.mp4'}"], input="ww\nw\nq\n",
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2
+    bad = subprocess.run([*common, "policy=autopilot"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "policy must be" in bad.stderr

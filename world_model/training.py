@@ -50,8 +50,9 @@ class StageConfig:
     steps: int = 4000
     batch_size: int = 16
     lr: float = 5e-4
-    adversarial_weight: float = 0.05
+    adversarial_weight: float = 0.1  # times the adaptive scale (see `adversarial_scale`)
     adversarial_start: int = 1000  # [steps] adversarial loss off before this
+    adversarial_ramp: int = 500  # [steps] to reach the full adversarial weight
     checkpoint_every: int = 200  # [steps]
     log_every: int = 20  # [steps]
     seed: int = 0
@@ -73,6 +74,18 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def adversarial_scale(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
+                      weight: float, ramp: float) -> torch.Tensor:
+    """The weight of the adversarial loss: ``weight * ramp`` times the ratio of the gradient
+    norms of the reconstruction and adversarial losses at the model's last layer (as in VQGAN),
+    so the critic can sharpen the output but never outvote the reconstruction; a fixed weight
+    let an over-confident critic wreck the reconstruction in our runs."""
+    reconstruction_grad = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    adversarial_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    ratio = reconstruction_grad.norm() / (adversarial_grad.norm() + 1e-4)
+    return (weight * ramp * ratio.clamp(max=1e4)).detach()
 
 
 def depth_head_loss(autoencoder: TinyAutoencoder, latents: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
@@ -181,7 +194,10 @@ def train_autoencoder(autoencoder: TinyAutoencoder, clips: dict, config: StageCo
         }
         adversarial = stage.step >= config.adversarial_start
         if adversarial:
-            losses["generator_adv"] = config.adversarial_weight * -discriminator(recon).mean()
+            fool = -discriminator(recon).mean()
+            scale = adversarial_scale(losses["l1"], fool, autoencoder.decoder[-2].weight, config.adversarial_weight,
+                                      _ramp(stage.step, config))
+            losses["generator_adv"] = scale * fool
         total = sum(losses.values())
         optimizers["model"].zero_grad(set_to_none=True)
         total.backward()
@@ -201,6 +217,10 @@ def train_autoencoder(autoencoder: TinyAutoencoder, clips: dict, config: StageCo
     return autoencoder.eval()
 
 
+def _ramp(step: int, config: StageConfig) -> float:
+    return min(1.0, (step - config.adversarial_start + 1) / max(1, config.adversarial_ramp))
+
+
 def _log_step(stage: _Stage, losses: dict, sums: dict, bar, evaluate) -> None:
     """Advance the step; every ``log_every`` steps log mean losses (and ``evaluate()``'s
     metrics), every ``checkpoint_every`` steps save."""
@@ -217,7 +237,9 @@ def _log_step(stage: _Stage, losses: dict, sums: dict, bar, evaluate) -> None:
         if stage.step % config.checkpoint_every == 0 or stage.step == config.steps:
             entry.update(evaluate())
         now = time.perf_counter()
-        stage.seconds, stage.clock = stage.seconds + now - stage.clock, now
+        # Training time, not wall time: more than 10 s per step means the process was paused.
+        stage.seconds += min(now - stage.clock, 10.0 * config.log_every)
+        stage.clock = now
         entry["seconds"] = round(stage.seconds, 1)
         stage.log.append(entry)
         bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k not in ("step", "seconds")})
@@ -340,7 +362,10 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         losses = {"l1": (prediction - target).abs().mean()}
         adversarial = stage.step >= config.adversarial_start
         if adversarial:
-            losses["generator_adv"] = config.adversarial_weight * -discriminator(critic_input(prediction, conditioning)).mean()
+            fool = -discriminator(critic_input(prediction, conditioning)).mean()
+            scale = adversarial_scale(losses["l1"], fool, generator.unet.conv_out.weight, config.adversarial_weight,
+                                      _ramp(stage.step, config))
+            losses["generator_adv"] = scale * fool
         optimizers["model"].zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
