@@ -4,7 +4,7 @@ The expert drives the same loop ``--laps`` times; every frame (128 x 128, ground
 depth from the renderer) is encoded with one VAE and written to both memories (the pixel
 memory up to 1,000 frames: it grows without bound). Reported:
 
-- per-step read time [ms] at the next poses after 100 and 1,000 frames: the latent cache's
+- per-step read time [ms] at the next 20 poses after 100 and 1,000 frames (best of 3 passes): the latent cache's
   projection vs the pixel memory's render + VAE encode;
 - bytes held after 10, 100 and 1,000 frames;
 - latent cache size at the end of lap 1 and lap ``--laps`` (growth should stay <= 1.2).
