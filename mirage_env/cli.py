@@ -36,7 +36,7 @@ def demo(cfg: DictConfig) -> dict:
         camera_pitch_deg=cfg.camera_pitch_deg, camera_forward_m=cfg.camera_forward_m, dt_s=cfg.dt_s,
         max_steps=cfg.max_steps, route_min_length_m=cfg.route_min_length_m,
         route_max_length_m=cfg.route_max_length_m, scene_seed=cfg.seed, terminate_on_collision=False,
-        device=cfg.device,
+        device=cfg.device, **_env_overrides(cfg),
     )
     observation, info = env.reset(seed=cfg.seed)
     route, truth_renderer = env.scenario.route, env.scenario.assets.renderer
@@ -104,6 +104,13 @@ def demo(cfg: DictConfig) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _env_overrides(cfg: DictConfig) -> dict:
+    """``env_settings`` of a command's config: any env setting (``mirage_env/envs/config.py``),
+    e.g. ``mirage play +env_settings.speed_limit_mps=8``; unknown names fail with a hint."""
+    settings = cfg.get("env_settings")
+    return OmegaConf.to_container(settings, resolve=True) if settings else {}
 
 
 def _with_hud(frame: np.ndarray, record: dict) -> np.ndarray:
@@ -236,7 +243,7 @@ def play(cfg: DictConfig) -> dict:
         raise SystemExit("mirage play: the expert drives MirageDrive-v0; use policy=random/straight/keyboard")
     env = gym.make(cfg.env, render_mode="rgb_array", map=cfg.map, renderer=cfg.renderer,
                    world_model_path=cfg.world_model_path, width=cfg.width, height=cfg.height,
-                   render_size=cfg.render_size)
+                   render_size=cfg.render_size, **_env_overrides(cfg))
     env.reset(seed=cfg.seed)
     inner = env.unwrapped
     expert = RouteExpert(inner.scenario.route, inner.model) if cfg.policy == "expert" else None

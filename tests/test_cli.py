@@ -64,3 +64,6 @@ def test_play_scripted_and_keyboard(tmp_path):
     assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2
     bad = subprocess.run([*common, "policy=autopilot"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "policy must be" in bad.stderr
+    # Any env setting goes through `+env_settings.<name>=...`; a misspelt one fails with a hint.
+    typo = subprocess.run([*common, "+env_settings.speed_limt_mps=5"], capture_output=True, text=True, timeout=300)
+    assert typo.returncode != 0 and "Did you mean 'speed_limit_mps'" in typo.stderr
