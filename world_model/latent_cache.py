@@ -62,11 +62,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from world_model.camera import check_intrinsics, check_poses, invert_pose, scale_intrinsics, unproject_depth
-from world_model.memory import MemoryFrame, MemoryRead, token_depth
+from world_model.memory import MemoryFrame, MemoryRead, nearest_per_cell, token_depth
 
 _STATE = ("key", "offset", "patch", "latent", "confidence", "last_used")
 # Bits of the packed voxel key: x and y 20 each, z 11, level 4, cache id 8 (63 in all); the cache
@@ -417,10 +416,7 @@ class LatentCache:
 
         cells = batch * height * width
         cell = view[pair] * (height * width) + row * width + col
-        best = torch.full((cells,), float("inf"), device=self.device).scatter_reduce(0, cell, priority, reduce="amin")
-        tied = priority == best[cell]
-        winner = torch.full((cells,), -1, dtype=torch.long, device=self.device)
-        winner = winner.scatter_reduce(0, cell[tied], pair[tied], reduce="amax")
+        winner = nearest_per_cell(cell, priority, pair, cells)
         valid = winner >= 0
         winner_token = token[winner[valid]]
         latents = torch.zeros(cells, self.channels, dtype=self.latent.dtype, device=self.device)

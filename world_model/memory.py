@@ -78,3 +78,13 @@ def token_depth(depth: torch.Tensor, downsample: int) -> torch.Tensor:
     blocks = depth.float().view(batch, 1, height // ds, ds, width // ds, ds)[:, :, :, centre, :, centre]
     nearest = torch.where(blocks > 0, blocks, torch.full_like(blocks, float("inf"))).amin(dim=(3, 5))
     return torch.where(torch.isfinite(nearest), nearest, torch.zeros_like(nearest))
+
+
+def nearest_per_cell(cell: torch.Tensor, priority: torch.Tensor, candidate: torch.Tensor, cells: int) -> torch.Tensor:
+    """Z-buffer: for each of ``cells`` cells, the ``candidate`` (n,) of the entries landing in
+    it (``cell`` (n,)) with the lowest ``priority`` (n,) (nearest), ties to the highest
+    candidate; -1 where nothing lands."""
+    nearest = torch.full((cells,), float("inf"), device=cell.device).scatter_reduce(0, cell, priority, reduce="amin")
+    tied = priority == nearest[cell]
+    winner = torch.full((cells,), -1, dtype=torch.long, device=cell.device)
+    return winner.scatter_reduce(0, cell[tied], candidate[tied], reduce="amax")

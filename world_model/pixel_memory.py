@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from world_model.camera import check_intrinsics, check_poses, invert_pose, unproject_depth
-from world_model.memory import MemoryFrame, MemoryRead
+from world_model.memory import MemoryFrame, MemoryRead, nearest_per_cell
 
 _NEAR_M = 1e-3
 
@@ -128,10 +128,7 @@ class PixelMemory:
         col, row, pick, priority = col[inside], row[inside], pick[inside], priority[inside]
         pixels = batch * height * width
         pixel = view[pick] * (height * width) + row * width + col
-        nearest = torch.full((pixels,), float("inf"), device=self.device).scatter_reduce(0, pixel, priority, reduce="amin")
-        tied = priority == nearest[pixel]
-        winner = torch.full((pixels,), -1, dtype=torch.long, device=self.device)
-        winner = winner.scatter_reduce(0, pixel[tied], pick[tied], reduce="amax")
+        winner = nearest_per_cell(pixel, priority, pick, pixels)
         valid = winner >= 0
         image = torch.zeros(pixels, 3, device=self.device)
         image[valid] = colours[point[winner[valid]]].float() / 255

@@ -119,6 +119,11 @@ class EnvConfig:
         )
         require(all(math.isfinite(w) for w in self.reward_weights.values()), "`reward_weights` must be finite")
 
+    def camera_mount(self) -> CameraMount:
+        """The camera of these settings, on the car (MirageDrive-v0) or at a route start."""
+        return CameraMount(forward_m=self.camera_forward_m, height_m=self.camera_height_m,
+                           pitch_deg=self.camera_pitch_deg, fov_deg=self.fov_deg, width=self.width, height=self.height)
+
     def updated(self, overrides: Mapping[str, Any], at_reset: bool = False) -> EnvConfig:
         """A copy with ``overrides`` applied; ``at_reset`` refuses :data:`CONSTRUCTION_ONLY` keys."""
         overrides = dict(overrides)

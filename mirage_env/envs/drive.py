@@ -10,7 +10,7 @@ import torch
 from mirage_env.envs.base import MirageEnv
 from mirage_env.envs.config import DriveConfig
 from mirage_env.scenario import Scenario, StartFrame
-from mirage_env.vehicle import BicycleModel, CameraMount, VehicleState
+from mirage_env.vehicle import BicycleModel, VehicleState
 
 
 class MirageDriveEnv(MirageEnv):
@@ -122,14 +122,7 @@ class MirageDriveEnv(MirageEnv):
             max_brake_mps2=config.max_brake_mps2,
             max_speed_mps=config.max_speed_mps,
         )
-        self.mount = CameraMount(
-            forward_m=config.camera_forward_m,
-            height_m=config.camera_height_m,
-            pitch_deg=config.camera_pitch_deg,
-            fov_deg=config.fov_deg,
-            width=config.width,
-            height=config.height,
-        )
+        self.mount = config.camera_mount()
         route = scenario.route
         self.state = VehicleState(float(route.points[0, 0]), float(route.points[0, 1]), route.heading_at(0.0), 0.0)
         return self._render_start(scenario, self._camera_pose(), self.mount.intrinsics())

@@ -69,11 +69,7 @@ class GroundTruthFrames:
         self._renderers[slot] = scenario.assets.renderer
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
-        check_poses(cam_to_world, batch=len(slots))
-        check_intrinsics(K, batch=len(slots))
-        missing = [slot for slot in slots if slot not in self._renderers]
-        if missing:
-            raise RuntimeError(f"slots {missing} have not been reset: call reset(slot, ...) first")
+        _check_render_call(slots, cam_to_world, K, self._renderers)
         frames = np.empty((len(slots), self.height, self.width, 3), dtype=np.uint8)
         groups: dict[int, list[int]] = {}
         for index, slot in enumerate(slots):
@@ -119,11 +115,7 @@ class WorldModelFrames:
         self._generators[slot] = torch.Generator().manual_seed(seed)
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
-        check_poses(cam_to_world, batch=len(slots))
-        check_intrinsics(K, batch=len(slots))
-        missing = [slot for slot in slots if slot not in self._generators]
-        if missing:
-            raise RuntimeError(f"slots {missing} have not been reset: call reset(slot, ...) first")
+        _check_render_call(slots, cam_to_world, K, self._generators)
         K_model = self._model_intrinsics(K)
         layout = None
         if any(self._layouts[slot] is not None for slot in slots):
@@ -142,6 +134,15 @@ class WorldModelFrames:
                                     mode="bilinear", antialias=True, align_corners=False)
             frames = (resized.clamp(0, 255) + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
         return frames.cpu().numpy()
+
+
+def _check_render_call(slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor, started) -> None:
+    """Shapes of a ``render`` call, and every slot reset (in ``started``)."""
+    check_poses(cam_to_world, batch=len(slots))
+    check_intrinsics(K, batch=len(slots))
+    missing = [slot for slot in slots if slot not in started]
+    if missing:
+        raise RuntimeError(f"slots {missing} have not been reset: call reset(slot, ...) first")
 
 
 def make_frame_source(renderer: str, height: int, width: int, model_path: str | None = None, memory: str = "latent",

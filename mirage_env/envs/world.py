@@ -11,7 +11,6 @@ from scipy.spatial.transform import Rotation
 from mirage_env.envs.base import MirageEnv
 from mirage_env.envs.config import WorldConfig
 from mirage_env.scenario import MapScenario, Scenario, StartFrame, image_scenario
-from mirage_env.vehicle import CameraMount
 from world_model.camera import camera_pose, intrinsics_from_fov
 
 
@@ -114,14 +113,7 @@ class MirageWorldEnv(MirageEnv):
         if not isinstance(scenario, MapScenario):
             self.pose = scenario.start.cam_to_world[0].double().numpy()
             return scenario.start
-        mount = CameraMount(
-            forward_m=config.camera_forward_m,
-            height_m=config.camera_height_m,
-            pitch_deg=config.camera_pitch_deg,
-            fov_deg=config.fov_deg,
-            width=config.width,
-            height=config.height,
-        )
+        mount = config.camera_mount()
         route = scenario.route
         start = np.array([[route.points[0, 0], route.points[0, 1], route.heading_at(0.0)]])
         cam_to_world = mount.poses(start)[0]
