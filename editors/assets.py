@@ -4,8 +4,11 @@ An :class:`Asset` is a set of axis-aligned boxes in the asset's own frame (the b
 :mod:`world_model.camera`: ``x`` forward, ``y`` left, ``z`` up, metres), with its origin at the
 centre of its ground contact: the lowest box bottom is at ``z = 0``. :func:`make_asset` builds
 the built-in classes with real-world dimensions, shapes and colours varied by seed; users add
-their own with :meth:`Asset.from_dict` (the documented parametric spec). Mesh assets (trimesh)
-are not supported yet.
+their own with :meth:`Asset.from_dict` (the documented parametric spec, also read from a
+``.json`` file by :func:`load_asset`) or :meth:`Asset.from_mesh` (any mesh file trimesh reads:
+OBJ, STL, PLY, GLB, OFF, ...). A mesh is voxelised into boxes (runs of filled voxels along x
+merged into one box), so every renderer and collision test keeps working on boxes; the pitch
+sets the detail (default: 1/24 of the mesh's longest side).
 
 Spec of a user asset (every size in metres, colours in [0, 1])::
 
@@ -110,6 +113,78 @@ class Asset:
         )
         return cls(spec["kind"], boxes)
 
+    @classmethod
+    def from_mesh(cls, mesh, kind: str, colour=None, scale: float = 1.0, up: str = "z",
+                  pitch_m: float | None = None) -> Asset:
+        """An asset from a triangle mesh: ``mesh`` a path trimesh can load or a ``trimesh.Trimesh``.
+
+        The mesh is in metres times ``scale``, with ``x`` forward and ``up`` (``"z"`` or ``"y"``,
+        glTF's convention) up; it is centred on its footprint and set on the ground (lowest point
+        at z = 0), then voxelised at ``pitch_m`` [m] (default: longest side / 24). Each box takes
+        the mesh's face colour nearest to it when the mesh has face or vertex colours, else
+        ``colour`` (3,) in [0, 1] (default mid grey)."""
+        import trimesh
+
+        if kind not in ASSET_CLASSES:
+            raise ValueError(f"unknown asset class {kind!r}; expected one of {ASSET_CLASSES}")
+        source = mesh
+        if not isinstance(mesh, trimesh.Trimesh):
+            try:
+                mesh = trimesh.load(str(mesh), force="mesh")
+            except Exception as error:  # trimesh raises several types for missing or unreadable files
+                raise ValueError(f"could not read a mesh from {source!r}: {error}") from error
+        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+            raise ValueError(f"{source!r} holds no triangles; give a mesh file with faces")
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"`scale` must be > 0, got {scale}")
+        if up not in ("z", "y"):
+            raise ValueError(f"`up` must be 'z' or 'y', got {up!r}")
+        mesh = mesh.copy()
+        vertices = np.asarray(mesh.vertices, dtype=float) * scale
+        if up == "y":  # y-up meshes (glTF, many OBJ exports): (x, y, z) -> (x, -z, y), x stays forward
+            vertices = vertices[:, [0, 2, 1]] * np.array([1.0, -1.0, 1.0])
+        lower, upper = vertices.min(0), vertices.max(0)
+        vertices -= np.array([(lower[0] + upper[0]) / 2, (lower[1] + upper[1]) / 2, lower[2]])
+        mesh.vertices = vertices
+        extent = upper - lower
+        if not np.isfinite(extent).all() or extent.max() <= 0:
+            raise ValueError(f"mesh {source!r} has no extent (all vertices coincide or are not finite)")
+        pitch = float(pitch_m) if pitch_m is not None else float(extent.max()) / 24
+        if pitch <= 0:
+            raise ValueError(f"`pitch_m` must be > 0, got {pitch_m}")
+        grid = mesh.voxelized(pitch)
+        try:
+            grid = grid.fill()  # solid interior for closed meshes; open meshes keep their shell
+        except Exception:  # noqa: BLE001 - filling fails on some open meshes: the shell is enough
+            pass
+        filled = np.asarray(grid.matrix, dtype=bool)
+        origin = np.asarray(grid.transform)[:3, 3]  # centre of voxel (0, 0, 0)
+        base_colour = tuple(float(c) for c in (colour if colour is not None else (0.5, 0.5, 0.5)))
+        face_colours = None
+        if mesh.visual.kind in ("face", "vertex"):
+            face_colours = np.asarray(mesh.visual.face_colors, dtype=float)[:, :3] / 255
+        cuboids = _merge_voxels(filled)  # (N, 6) voxel index bounds [x0, x1) [y0, y1) [z0, z1)
+        if not len(cuboids):
+            raise ValueError(f"mesh {source!r} voxelised to nothing at pitch {pitch:.3f} m; lower `pitch_m`")
+        low = origin - pitch / 2 + pitch * cuboids[:, 0::2]
+        high = origin - pitch / 2 + pitch * cuboids[:, 1::2]
+        # Voxels overhang the surface by up to half a pitch: scale back to the mesh's own extent,
+        # footprint centred and resting on z = 0, so the asset keeps its real dimensions.
+        box_low, box_high = low.min(0), high.max(0)
+        stretch = extent / (box_high - box_low)
+        target_low = np.array([-extent[0] / 2, -extent[1] / 2, 0.0])
+        low, high = target_low + (low - box_low) * stretch, target_low + (high - box_low) * stretch
+        centres, sizes = (low + high) / 2, high - low
+        colours = [base_colour] * len(centres)
+        if face_colours is not None:
+            from scipy.spatial import cKDTree
+
+            # The face whose centroid is nearest (trimesh's exact query needs the optional rtree).
+            _, triangle = cKDTree(mesh.triangles_center).query(centres)
+            colours = [tuple(face_colours[t]) for t in triangle]
+        return cls(kind, tuple(AssetBox(tuple(map(float, c)), tuple(map(float, z)), colours[i], "voxels")
+                               for i, (c, z) in enumerate(zip(centres, sizes))))
+
     @property
     def is_pedestrian(self) -> bool:
         return self.kind == "pedestrian"
@@ -145,6 +220,67 @@ class Asset:
         lower, upper = self.lower, self.upper
         bits = np.array([[i & 4, i & 2, i & 1] for i in range(8)]) > 0
         return np.where(bits, upper, lower)
+
+
+def _merge_voxels(filled: np.ndarray) -> np.ndarray:
+    """Greedy cuboids covering the filled voxels of ``filled`` (X, Y, Z) bool exactly: runs
+    along x, merged with identical runs at the next y, then identical rectangles at the next z.
+    Returns (N, 6) int bounds ``x0, x1, y0, y1, z0, z1`` (ends exclusive)."""
+    rectangles: list[list[int]] = []  # per z layer: x0, x1, y0, y1, z
+    for k in range(filled.shape[2]):
+        open_runs: dict[tuple[int, int], list[int]] = {}
+        for j in range(filled.shape[1]):
+            row = np.concatenate([[0], filled[:, j, k].astype(int), [0]])
+            edges = np.flatnonzero(np.diff(row))
+            runs = set(zip(edges[::2].tolist(), edges[1::2].tolist()))
+            for run in list(open_runs):
+                if run not in runs:
+                    rectangles.append(open_runs.pop(run))
+            for run in runs:
+                if run in open_runs:
+                    open_runs[run][3] = j + 1
+                else:
+                    open_runs[run] = [run[0], run[1], j, j + 1, k]
+        rectangles += open_runs.values()
+    cuboids: list[list[int]] = []
+    growing: dict[tuple[int, ...], list[int]] = {}
+    for x0, x1, y0, y1, k in sorted(rectangles, key=lambda r: r[4]):
+        key = (x0, x1, y0, y1)
+        if key in growing and growing[key][5] == k:
+            growing[key][5] = k + 1
+        else:
+            if key in growing:
+                cuboids.append(growing[key])
+            growing[key] = [x0, x1, y0, y1, k, k + 1]
+    cuboids += growing.values()
+    return np.array(cuboids, dtype=int).reshape(-1, 6)
+
+
+MESH_SUFFIXES = (".obj", ".stl", ".ply", ".glb", ".gltf", ".off", ".dae")
+
+
+def load_asset(path, kind: str | None = None, **mesh_options) -> Asset:
+    """An asset from a file: a ``.json`` parametric spec (module docstring) or a mesh
+    (:data:`MESH_SUFFIXES`, needs ``kind``; ``mesh_options`` go to :meth:`Asset.from_mesh`)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"asset file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); see editors/assets.py for the spec") from error
+        return Asset.from_dict(spec)
+    if suffix in MESH_SUFFIXES:
+        if kind is None:
+            raise ValueError(f"a mesh asset needs its class: load_asset({str(path)!r}, kind=...) with one of "
+                             f"{ASSET_CLASSES}")
+        return Asset.from_mesh(path, kind, **mesh_options)
+    raise ValueError(f"unknown asset file type {suffix!r} ({path}); use .json or one of {MESH_SUFFIXES}")
 
 
 def make_asset(kind: str, seed: int = 0) -> Asset:

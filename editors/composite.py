@@ -72,12 +72,14 @@ class AssetLabel:
 class Composite:
     """Frames with assets inserted: ``rgb`` (B, 3, H, W) in [0, 1], ``depth`` (B, 1, H, W) [m],
     ``instance`` (B, 1, H, W) long (-1 where no asset is visible), ``dynamic`` (B, 1, H, W) bool
-    (every visible asset pixel), ``labels[b]`` one :class:`AssetLabel` per instance."""
+    (every visible asset pixel and its shadow), ``shadow`` (B, 1, H, W) the contact shadow's
+    darkening of the frame in [0, 1], ``labels[b]`` one :class:`AssetLabel` per instance."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
     instance: torch.Tensor
     dynamic: torch.Tensor
+    shadow: torch.Tensor
     labels: list[list[AssetLabel]]
 
 
@@ -98,7 +100,10 @@ def render_assets(instances: list[AssetInstance], K: torch.Tensor, cam_to_world:
     nearest, index = inf.clone(), torch.full((batch, rays), -1, dtype=torch.long, device=device)
     colour = torch.zeros(batch, rays, 3, device=device)
     alone = torch.zeros(batch, len(instances), rays, dtype=torch.bool, device=device)
+    in_view = _in_view(instances, K, cam_to_world, height, width)
     for i, instance in enumerate(instances):
+        if not in_view[i]:
+            continue  # no ray can hit it: skip its boxes
         pose = instance.poses.to(device, torch.float32)
         cos, sin = torch.cos(pose[:, 3]), torch.sin(pose[:, 3])
         for centre, size, box_colour in zip(instance.asset.centres, instance.asset.sizes, instance.asset.colours):
@@ -167,8 +172,36 @@ def composite(rgb: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, cam_to_wo
         depth=torch.where(wins, render.depth, depth),
         instance=torch.where(wins, render.instance, torch.full_like(render.instance, -1)),
         dynamic=wins | (shadow > SHADOW_DYNAMIC_MIN),  # shadows move with their assets too
+        shadow=torch.where(wins, torch.zeros_like(shadow), shadow),
         labels=labels,
     )
+
+
+def _in_view(instances: list[AssetInstance], K: torch.Tensor, cam_to_world: torch.Tensor, height: int,
+             width: int) -> list[bool]:
+    """Per instance, whether its bounding box may cover a pixel in any frame: not entirely
+    behind the camera nor entirely beyond one image edge (a conservative test)."""
+    world_to_cam = invert_pose(cam_to_world.float()).double().cpu().numpy()
+    intrinsics = K.double().cpu().numpy()
+    out = []
+    for instance in instances:
+        visible = False
+        for b, (x, y, z, yaw) in enumerate(instance.poses.double().cpu().numpy()):
+            c, s = np.cos(yaw), np.sin(yaw)
+            corners = instance.asset.bounding_corners() @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + [x, y, z]
+            camera = corners @ world_to_cam[b, :3, :3].T + world_to_cam[b, :3, 3]
+            if (camera[:, 2] <= 1e-6).all():
+                continue
+            if (camera[:, 2] <= 1e-6).any():  # straddles the camera plane: cannot bound it on screen
+                visible = True
+                break
+            u = intrinsics[b, 0, 0] * camera[:, 0] / camera[:, 2] + intrinsics[b, 0, 2]
+            v = intrinsics[b, 1, 1] * camera[:, 1] / camera[:, 2] + intrinsics[b, 1, 2]
+            if not ((u < 0).all() or (u > width).all() or (v < 0).all() or (v > height).all()):
+                visible = True
+                break
+        out.append(visible)
+    return out
 
 
 def _check_instances(instances: list[AssetInstance], batch: int) -> None:

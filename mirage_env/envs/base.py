@@ -20,6 +20,7 @@ from PIL import Image
 from mirage_env.envs.birds_eye import birds_eye_view
 from mirage_env.envs.config import EnvConfig
 from mirage_env.envs.frame_source import FrameSource, make_frame_source
+from mirage_env.envs.traffic import collision_names, make_traffic, traffic_instances, with_traffic
 from mirage_env.rewards import REWARD_TERMS, EpisodeMonitor, StepOutcome, collision_infraction
 from mirage_env.scenario import MapScenario, Scenario, StartFrame, load_map_assets, plan_scenario_route
 
@@ -50,10 +51,11 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "render_fps": 1.0 / self.config.dt_s}
         # A batched vector env passes one shared source and gives each env its own slot in it.
-        self.frames: FrameSource = frame_source or make_frame_source(
+        self.frames: FrameSource = with_traffic(frame_source or make_frame_source(
             self.config.renderer, self.config.height, self.config.width, self.config.world_model_path,
             self.config.memory, self.config.device,
-        )
+        ), self.config)
+        self.traffic = None  # editors.Traffic of the running episode, when the config asks for traffic
         self.slot = slot
         self.observation_space = observation_space(self.config)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(len(self.action_names),), dtype=np.float32)
@@ -84,7 +86,10 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
 
     def _collisions(self, scenario: MapScenario) -> set[str]:
         """Infraction names of what the ego's footprint overlaps."""
-        return {collision_infraction(label) for label in scenario.assets.obstacles.hits(*self._footprint())}
+        hits = {collision_infraction(label) for label in scenario.assets.obstacles.hits(*self._footprint())}
+        if self.traffic is not None:
+            hits |= collision_names(self.traffic, *self._footprint())
+        return hits
 
     def _make_scenario(self, config: EnvConfig) -> Scenario:
         assets = load_map_assets(config.map, config.scene_seed, config.device)
@@ -108,9 +113,26 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         xy, yaw, _ = self._ego()
         self.monitor.start(xy, yaw)
         self._rgb = start.rgb[0].cpu().numpy().copy()
+        self.traffic = self._start_traffic(scenario)
+        if self.traffic is not None:
+            self.frames.set_assets(self.slot, traffic_instances(self.traffic))
+            self._rgb = self.frames.insert(self.slot, start.rgb[0], start.depth[0], self.K, start.cam_to_world[0])
         self._trail = [xy]
         self._last = _no_outcome()
         return self._observation(), self._info()
+
+    def _start_traffic(self, scenario: Scenario):
+        """The episode's traffic (see :mod:`mirage_env.envs.traffic`), or None when not asked for."""
+        config = self.episode_config
+        if not (config.traffic_vehicles or config.traffic_pedestrians):
+            return None
+        if not isinstance(scenario, MapScenario):
+            raise ValueError("traffic (traffic_vehicles / traffic_pedestrians) moves on a road map: a start image "
+                             "without a map has none; set both to 0 or use a map scenario")
+        seed = config.traffic_seed if config.traffic_seed is not None else int(self.np_random.integers(2**31))
+        xy, yaw, _ = self._ego()
+        return make_traffic(scenario, np.random.default_rng(seed), config.traffic_vehicles,
+                            config.traffic_pedestrians, (xy, yaw), config.traffic_gap_m)
 
     def step(self, action: np.ndarray):
         cam_to_world = self.move(action)
@@ -130,7 +152,11 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
         if np.abs(action).max() > 1.0:
             raise ValueError(f"action must lie in the action space [-1, 1], got {action.tolist()}; clip or rescale it")
-        return self._apply_action(action)
+        cam_to_world = self._apply_action(action)
+        if self.traffic is not None:  # traffic moves after the ego, keeping its gap to it
+            self.traffic.step(self.episode_config.dt_s, [self._footprint()])
+            self.frames.set_assets(self.slot, traffic_instances(self.traffic))
+        return cam_to_world
 
     def finish_step(self, frame: np.ndarray):
         """Score the move and observe ``frame`` (H, W, 3) uint8; returns Gymnasium's step tuple."""
@@ -204,6 +230,8 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
             "infraction_penalty": penalty,
             "driving_score": monitor.route_completion * penalty,  # [%] Leaderboard-style
             "termination_reason": self._last.reason,
+            **({"labels": self.frames.labels[self.slot], "instance_mask": self.frames.instance_masks[self.slot]}
+               if self.traffic is not None else {}),
         }
 
     def _render_start(self, scenario: MapScenario, cam_to_world: torch.Tensor, K: torch.Tensor) -> StartFrame:

@@ -26,7 +26,8 @@ from world_model.world_model import MEMORIES
 OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
-                               "world_model_path", "memory"})
+                               "world_model_path", "memory", "traffic_vehicles", "traffic_pedestrians",
+                               "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
 
@@ -69,6 +70,13 @@ class EnvConfig:
     speed_limit_mps: float = 10.0  # [m/s] faster is penalised
     terminate_on_collision: bool = True  # False: count collisions and drive on (evaluation)
     reward_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    # --- traffic: assets from the editor inserted into the frames (map scenarios) -------------
+    traffic_vehicles: int = 0  # vehicles driving the map's lanes near the ego (collisions: collisions_vehicle)
+    traffic_pedestrians: int = 0  # pedestrians on sidewalks and crossings near the ego (collisions_pedestrian)
+    traffic_seed: int | None = None  # traffic layout, assets and speeds; None: drawn from the env's RNG at reset
+    traffic_gap_m: float = 2.0  # [m] bumper-to-bumper gap vehicles keep to anything ahead, the ego included
+    refine_assets: bool = False  # run the one-step refiner on frames with assets in view (~ms per frame)
+    refiner_path: str | None = None  # refiner weights folder; None: the refiner shipped in the package
     # --- render() ---------------------------------------------------------------------------
     render_size: int = 256  # [px] height of render() frames
     birds_eye_range_m: float = 60.0  # [m] side of the bird's-eye map in render()
@@ -79,6 +87,12 @@ class EnvConfig:
                 raise ValueError(f"{type(self).__name__}: {message}")
 
         require(isinstance(self.map, str) and bool(self.map), f"`map` must be a non-empty string, got {self.map!r}")
+        for name in ("traffic_vehicles", "traffic_pedestrians"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0,
+                    f"`{name}` must be an integer >= 0, got {value!r}")
+        require(self.traffic_seed is None or isinstance(self.traffic_seed, (int, np.integer)),
+                f"`traffic_seed` must be an integer or None, got {self.traffic_seed!r}")
         for name in ("width", "height", "route_points", "max_steps", "render_size"):
             value = getattr(self, name)
             require(
@@ -110,7 +124,7 @@ class EnvConfig:
             )
         for name in ("goal_tolerance_m", "lane_margin_m", "off_road_tolerance_m", "route_deviation_m",
                      "blocked_speed_mps", "blocked_time_s", "speed_limit_mps", "route_point_spacing_m",
-                     "birds_eye_range_m", "camera_height_m"):
+                     "birds_eye_range_m", "camera_height_m", "traffic_gap_m"):
             value = getattr(self, name)
             require(not math.isnan(value) and value >= 0.0, f"`{name}` must be >= 0, got {value}")
         require(

@@ -59,6 +59,7 @@ class GroundTruthFrames:
         self.height = height
         self.width = width
         self._renderers: dict[int, GroundTruthRenderer] = {}
+        self.last_depth = torch.zeros(0, 1, height, width)  # (B, 1, H, W) [m] of the last render
 
     def reset(self, slot: int, start: StartFrame, scenario: Scenario, seed: int = 0) -> None:
         if not isinstance(scenario, MapScenario):
@@ -71,6 +72,7 @@ class GroundTruthFrames:
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
         _check_render_call(slots, cam_to_world, K, self._renderers)
         frames = np.empty((len(slots), self.height, self.width, 3), dtype=np.uint8)
+        self.last_depth = torch.zeros(len(slots), 1, self.height, self.width)
         groups: dict[int, list[int]] = {}
         for index, slot in enumerate(slots):
             groups.setdefault(id(self._renderers[slot]), []).append(index)
@@ -78,6 +80,7 @@ class GroundTruthFrames:
             renderer = self._renderers[slots[indices[0]]]
             out = renderer.render(cam_to_world[indices], K[indices], self.height, self.width)
             frames[indices] = out.rgb.cpu().numpy()
+            self.last_depth[indices] = out.depth.cpu()
         return frames
 
 
@@ -101,6 +104,7 @@ class WorldModelFrames:
         self.model = WorldModel(backbone, num_envs=slots, config=WorldModelConfig(memory=memory))
         self._layouts: dict[int, LayoutRasteriser | None] = {}
         self._generators: dict[int, torch.Generator] = {}
+        self.last_depth = torch.zeros(0, 1, height, width)  # (B, 1, H, W) [m] last render, estimated per token
 
     def _model_intrinsics(self, K: torch.Tensor) -> torch.Tensor:
         return scale_intrinsics(K.float(), self.model_size / self.width, self.model_size / self.height)
@@ -114,7 +118,10 @@ class WorldModelFrames:
         self._layouts[slot] = LayoutRasteriser(scenario.assets.scene.ground) if isinstance(scenario, MapScenario) else None
         self._generators[slot] = torch.Generator().manual_seed(seed)
 
-    def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
+    def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor,
+               dynamic: torch.Tensor | None = None) -> np.ndarray:
+        """As :meth:`FrameSource.render`; ``dynamic`` (B, 1, H, W) bool marks pixels the caller
+        will cover with moving things (inserted assets): never written to the memory."""
         _check_render_call(slots, cam_to_world, K, self._generators)
         K_model = self._model_intrinsics(K)
         layout = None
@@ -126,8 +133,12 @@ class WorldModelFrames:
                     layout[index, 0] = self._layouts[slot](cam_to_world[index:index + 1], K_model[index:index + 1],
                                                            self.model_size, self.model_size,
                                                            self.model.backbone.downsample)[0]
-        out = self.model.render(cam_to_world[:, None], K_model, layout=layout,
+        size = (self.model_size, self.model_size)
+        if dynamic is not None:
+            dynamic = (F.interpolate(dynamic.float(), size=size, mode="bilinear", align_corners=False) > 0)[:, None]
+        out = self.model.render(cam_to_world[:, None], K_model, layout=layout, dynamic=dynamic,
                                 generator=[self._generators[slot] for slot in slots], env_ids=list(slots))
+        self.last_depth = F.interpolate(out.depth[:, 0].float().cpu(), size=(self.height, self.width), mode="nearest")
         frames = out.rgb[:, 0]
         if (self.height, self.width) != (self.model_size, self.model_size):
             resized = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(self.height, self.width),

@@ -20,6 +20,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 from mirage_env.envs.base import MirageEnv
 from mirage_env.envs.frame_source import make_frame_source
+from mirage_env.envs.traffic import with_traffic
 
 
 class MirageVectorEnv(gym.vector.VectorEnv):
@@ -30,8 +31,9 @@ class MirageVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         overrides.pop("max_episode_steps", None)  # the envs truncate at their own `max_steps`
         config = env_class.config_class().updated(overrides)
-        source = make_frame_source(config.renderer, config.height, config.width, config.world_model_path,
-                                   config.memory, config.device, slots=num_envs)
+        source = with_traffic(make_frame_source(config.renderer, config.height, config.width,
+                                                config.world_model_path, config.memory, config.device,
+                                                slots=num_envs), config)
         self.envs = [env_class(render_mode=render_mode, config=config, frame_source=source, slot=i)
                      for i in range(num_envs)]
         self.frames = source
