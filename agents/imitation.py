@@ -4,9 +4,11 @@ DAgger (``mirage train agent=bc`` / ``agent=dagger``; MirageDrive-v0).
 - :func:`record_demonstrations`: the expert drives episodes in the env; every observation is
   stored with the expert's action (``Demonstrations``, saved as ``.npz``).
 - :func:`behaviour_cloning`: fits an SB3 ``ActorCriticPolicy`` (the PPO policy) to the expert's
-  actions by maximum likelihood (the Gaussian's mean moves to the expert's action, its spread
-  shrinks; a small entropy bonus keeps some noise for RL fine-tuning). The policy is saved in a
-  PPO checkpoint, so ``mirage eval`` drives it and ``mirage train agent=ppo init_from=...``
+  actions: the Gaussian's mean by squared error, its spread by likelihood around the (fixed)
+  mean, so the spread settles at the policy's remaining error instead of collapsing (it is the
+  exploration noise if PPO fine-tunes the policy). Fitting both by likelihood alone scales the
+  mean's gradient by 1 / spread^2 and diverges once the spread shrinks. The policy is saved in
+  a PPO checkpoint, so ``mirage eval`` drives it and ``mirage train agent=ppo init_from=...``
   fine-tunes it.
 - :func:`dagger_rollouts` + :func:`train` with ``agent=dagger``: DAgger (Ross et al., 2011).
   Round ``i`` drives with the learner, executing the expert's action instead with probability
@@ -30,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from tqdm.auto import tqdm
 
@@ -182,13 +185,14 @@ def action_error(policy: ActorCriticPolicy, demos: Demonstrations, batch_size: i
 
 
 def behaviour_cloning(policy: ActorCriticPolicy, demos: Demonstrations, epochs: int = 10, batch_size: int = 64,
-                      learning_rate: float = 1e-3, entropy_weight: float = 1e-3,
-                      validation: Demonstrations | None = None, seed: int = 0,
+                      learning_rate: float = 1e-3, validation: Demonstrations | None = None, seed: int = 0,
                       progress: bool = True) -> list[dict[str, float]]:
-    """Fit ``policy`` to the expert's actions in ``demos`` by maximum likelihood (in place).
-    Returns per epoch the mean training loss and, with ``validation``, its action error."""
-    if not isinstance(policy, ActorCriticPolicy):
-        raise TypeError(f"behaviour cloning trains an SB3 ActorCriticPolicy (PPO's), got {type(policy).__name__}")
+    """Fit ``policy`` to the expert's actions in ``demos`` (in place; see the module docstring).
+    Returns per epoch the mean squared action error in training and, with ``validation``, the
+    action error there."""
+    if not isinstance(policy, ActorCriticPolicy) or not isinstance(policy.action_dist, DiagGaussianDistribution):
+        raise TypeError("behaviour cloning trains an SB3 ActorCriticPolicy with Gaussian actions (PPO's on a Box "
+                        f"action space), got {type(policy).__name__}")
     if len(demos) == 0:
         raise ValueError("no demonstrations to learn from")
     optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
@@ -201,13 +205,14 @@ def behaviour_cloning(policy: ActorCriticPolicy, demos: Demonstrations, epochs: 
         for start in range(0, len(demos), batch_size):
             index = order[start:start + batch_size]
             actions = torch.as_tensor(demos.actions[index], device=policy.device)
-            _, log_prob, entropy = policy.evaluate_actions(_policy_batch(policy, demos, index), actions)
-            loss = -log_prob.mean() - entropy_weight * entropy.mean()
+            gaussian = policy.get_distribution(_policy_batch(policy, demos, index)).distribution
+            mean_error = ((gaussian.mean - actions) ** 2).mean()
+            spread_nll = -torch.distributions.Normal(gaussian.mean.detach(), gaussian.stddev).log_prob(actions).mean()
             optimizer.zero_grad()
-            loss.backward()
+            (mean_error + spread_nll).backward()
             optimizer.step()
-            losses.append(loss.item())
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+            losses.append(mean_error.item())
+        record = {"epoch": epoch + 1, "train_action_mse": float(np.mean(losses))}
         if validation is not None and len(validation):
             record["validation_action_mse"] = action_error(policy, validation)
         history.append(record)
@@ -245,8 +250,7 @@ def train(cfg: DictConfig) -> dict:
 
     def clone(data: Demonstrations) -> list[dict]:
         return behaviour_cloning(policy, data, epochs=agent.epochs, batch_size=agent.batch_size,
-                                 learning_rate=agent.learning_rate, entropy_weight=agent.entropy_weight,
-                                 validation=validation, seed=cfg.seed, progress=cfg.progress_bar)
+                                 learning_rate=agent.learning_rate, validation=validation, seed=cfg.seed, progress=cfg.progress_bar)
 
     history: list[dict] = [{"round": 0, "dataset": len(train_set), "epochs": clone(train_set)}]
     if agent.name == "dagger":
