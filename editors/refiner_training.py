@@ -172,10 +172,6 @@ def train_refiner(model: AssetRefiner, pairs: dict, config: RefinerTrainingConfi
 
     clips, frames = pairs["background"].shape[:2]
     band = model.config.band_px
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, config.steps) / config.steps)))
-    for _ in range(step):
-        schedule.step()  # resume the cosine schedule where it stopped
     model.train()
     bar = tqdm(total=config.steps, initial=step, desc="refiner", unit="step")
     sums: dict[str, float] = {}
@@ -199,13 +195,14 @@ def train_refiner(model: AssetRefiner, pairs: dict, config: RefinerTrainingConfi
             weight = edit_region(region, band)
             losses[name] = ((out.rgb - target).abs() * weight).sum() / (3 * weight.sum()).clamp(min=1)
         loss = sum(losses.values())
+        for group in optimizer.param_groups:  # cosine decay to 0 at `steps` (resumes with the step count)
+            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
         step += 1
         for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
         now = time.perf_counter()
         seconds += now - clock
         clock = now

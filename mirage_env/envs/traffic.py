@@ -52,7 +52,7 @@ def ground_class(scene: Scene, xy: np.ndarray) -> np.ndarray:
 def check_on_map(road_map: RoadMap, xy, what: str = "asset", margin_m: float = 30.0) -> None:
     """Raise ``ValueError`` when ``xy`` [m] lies off the map: beyond ``margin_m`` of its lanes."""
     x, y = float(xy[0]), float(xy[1])
-    xmin, ymin, xmax, ymax = road_map.bounds()
+    xmin, ymin, xmax, ymax = road_map.bounds
     if not (xmin - margin_m <= x <= xmax + margin_m and ymin - margin_m <= y <= ymax + margin_m):
         raise ValueError(f"{what} at ({x:.1f}, {y:.1f}) m is off the map {road_map.name!r}, whose lanes span "
                          f"x {xmin:.0f}..{xmax:.0f}, y {ymin:.0f}..{ymax:.0f} m; place it on the road")
