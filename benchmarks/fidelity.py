@@ -41,7 +41,6 @@ from world_model.metrics import laplacian_variance, psnr, ssim
 from world_model.pretrained import load_default_backbone
 from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
 
-SIZE = 128
 REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
 
 
@@ -71,15 +70,16 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
     road_map = load_road_map(spec)
     scene = dress_scene(road_map, seed)
     route, lap_length = two_laps(road_map, seed, args.loop_min_m)
-    mount = CameraMount(width=SIZE, height=SIZE)
+    size = args.size
+    mount = CameraMount(width=size, height=size)
     ego = drive_route(route, mount, max_steps=20_000).ego[:: args.stride]
     travelled = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(ego[:, :2], axis=0), axis=1))])
     second_lap = travelled >= lap_length
     poses = mount.poses(ego)
     K = mount.intrinsics().expand(len(poses), 3, 3)
-    truth = GroundTruthRenderer(scene).render(poses, K, SIZE, SIZE)
+    truth = GroundTruthRenderer(scene).render(poses, K, size, size)
     truth_rgb = truth.rgb.permute(0, 3, 1, 2).float() / 255
-    layout = LayoutRasteriser(scene.ground)(poses, K, SIZE, SIZE, backbone.downsample)
+    layout = LayoutRasteriser(scene.ground)(poses, K, size, size, backbone.downsample)
     pairs = revisit_pairs(poses, second_lap)
 
     results, videos = {}, {"ground truth": truth.rgb.numpy()}
@@ -87,7 +87,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
         model = WorldModel(backbone, config=WorldModelConfig(memory=memory))
         model.reset(truth.rgb[:1], K[:1], poses[:1], depth=truth.depth[:1])
         generator = torch.Generator().manual_seed(seed)
-        grid = SIZE // backbone.downsample
+        grid = size // backbone.downsample
         frames, valid = [truth.rgb[:1]], [torch.ones(1, grid, grid, dtype=torch.bool)]
         start = time.perf_counter()
         for i in tqdm(range(1, len(poses)), desc=f"{road_map.name} {memory}", unit="frame", leave=False):
@@ -96,7 +96,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
             valid.append(out.valid[:, 0, 0])
         ms_per_frame = 1000 * (time.perf_counter() - start) / (len(poses) - 1)
         rgb = torch.cat(frames).permute(0, 3, 1, 2).float() / 255
-        covered = F.interpolate(torch.cat(valid)[:, None].float(), size=(SIZE, SIZE), mode="nearest") > 0
+        covered = F.interpolate(torch.cat(valid)[:, None].float(), size=(size, size), mode="nearest") > 0
         videos[memory] = torch.cat(frames).numpy()
         later = slice(1, None)  # frame 0 is the given start frame
         lap2 = torch.as_tensor(second_lap)
@@ -126,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--maps", nargs="+", default=["Town01", "town:1000000", "town:1000001"])
+    parser.add_argument("--size", type=int, default=128, help="[px] square frames the model generates")
     parser.add_argument("--loop-min-m", type=float, default=120.0, help="[m] shortest loop to drive twice")
     parser.add_argument("--stride", type=int, default=2, help="expert steps (0.1 s) per generated frame")
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
@@ -150,7 +151,7 @@ def main() -> None:
     report = {
         "benchmark": "fidelity",
         "model": args.model or "shipped default",
-        "image_size": SIZE,
+        "image_size": args.size,
         "stride_steps": args.stride,
         "routes": routes,
         "mean": overall,

@@ -296,26 +296,36 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
         return latents.float() + sigma * torch.randn(latents.shape, generator=generator)
 
     targets, contexts, target_poses, context_poses, layouts, images = [], [], [], [], [], []
+    memories: list[tuple[int, list[int], bool]] = []  # (clip, memory frames in time order, ground-truth depth)
     for sample in range(batch_size):
         clip, t = rand(count), rand(length, 1)
         others = [f for f in range(max(0, t - window), min(length, t + window + 1)) if f not in (t, t - 1)]
         chosen = sorted(others[i] for i in torch.randperm(len(others), generator=generator)[:rand(max_memory_frames + 1)])
-        memory = sorted(set(chosen + [t - 1]))
-        ground_truth = rand(2) == 0
-        for frame in memory:
-            if ground_truth:
-                depth, confidence = clips["depth"][clip, frame][None].float(), None
-            else:
-                depth = encoded["depth"][clip, frame][None]
-                confidence = encoded["confidence"][clip, frame][None].float()
-            cache.write(MemoryFrame(noisy(latents_all[clip, frame][None]), depth, K,
-                                    clips["cam_to_world"][clip, frame][None], confidence=confidence), cache_ids=[sample])
+        memories.append((clip, sorted(set(chosen + [t - 1])), rand(2) == 0))
         targets.append(latents_all[clip, t].float())
         contexts.append(noisy(latents_all[clip, t - 1]))
         target_poses.append(clips["cam_to_world"][clip, t])
         context_poses.append(clips["cam_to_world"][clip, t - 1])
         layouts.append(clips["layout"][clip, t].float() / 255)
         images.append(clips["rgb"][clip, t].permute(2, 0, 1).float() / 255)
+    # Round r writes every sample's r-th memory frame in one batched call, so each sample's
+    # cache still sees its frames in time order.
+    for round_ in range(max(len(frames) for _, frames, _ in memories)):
+        samples = [s for s, (_, frames, _) in enumerate(memories) if round_ < len(frames)]
+        latents, depths, confidences = [], [], []
+        for sample in samples:
+            clip, frames, ground_truth = memories[sample]
+            frame = frames[round_]
+            latents.append(noisy(latents_all[clip, frame]))
+            if ground_truth:
+                depths.append(token_depth(clips["depth"][clip, frame][None].float(), downsample)[0])
+                confidences.append(torch.ones_like(depths[-1]))
+            else:
+                depths.append(encoded["depth"][clip, frame].float())
+                confidences.append(encoded["confidence"][clip, frame].float())
+        poses = torch.stack([clips["cam_to_world"][memories[s][0], memories[s][1][round_]] for s in samples])
+        cache.write(MemoryFrame(torch.stack(latents), torch.stack(depths), K.expand(len(samples), 3, 3), poses,
+                                confidence=torch.stack(confidences)), cache_ids=samples)
     target_poses = torch.stack(target_poses)
     read = cache.read(target_poses, K.expand(batch_size, 3, 3), image_size, cache_ids=torch.arange(batch_size))
     conditioning = Conditioning(
