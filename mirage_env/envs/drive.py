@@ -86,7 +86,8 @@ class MirageDriveEnv(MirageEnv):
     ## Episode End
 
     Terminated when the car hits a static object (``collisions_layout``, ``collisions_vehicle``
-    for parked cars; with ``terminate_on_collision``), is more than ``off_road_tolerance_m``
+    for parked cars) or traffic (``collisions_vehicle``, ``collisions_pedestrian``; with
+    ``terminate_on_collision``), is more than ``off_road_tolerance_m``
     beyond the driving lanes, strays ``route_deviation_m`` from the route (``route_dev``), or
     comes within ``goal_tolerance_m`` of the route's end. Truncated after ``max_steps`` steps
     (``route_timeout``) or after standing still for ``blocked_time_s`` (``vehicle_blocked``).
@@ -102,6 +103,14 @@ class MirageDriveEnv(MirageEnv):
     ``scene_seed``, ``route_start``, ``route_goal``, ...), except those that shape the spaces;
     unknown keys raise ``ValueError``. ``render_mode="rgb_array"``: ``render()`` returns the
     observation beside a bird's-eye map (roads, objects, route, trail, car).
+
+    Traffic: ``traffic_vehicles`` and ``traffic_pedestrians`` insert moving assets of the asset
+    editor (:mod:`editors`) into the frames of either renderer (vehicles follow lanes and keep
+    ``traffic_gap_m`` behind anything ahead, the car included; pedestrians walk sidewalks and
+    cross roads); ``info["labels"]`` then holds per asset its class, track id, 2D box, 3D box in
+    world and camera frames, occlusion fraction and alignment residual, and
+    ``info["instance_mask"]`` the track id of every pixel (-1 none). ``refine_assets=True`` runs
+    the one-step refiner on those frames.
 
     Loaded maps and dressed scenes are cached per process (Town01 takes ~3 s to build).
 

@@ -57,8 +57,9 @@ class MirageWorldEnv(MirageEnv):
     The terms and weights of MirageDrive-v0 (``info["rewards"]`` holds each contribution),
     measured at the camera's position: ``progress`` along the route, ``lane_centering``,
     ``heading``, ``overspeed``, ``off_road``, ``collision``, ``route_complete``. Collisions:
-    the camera's box (``camera_radius_m``) overlapping a static object, or dropping below
-    ``min_camera_height_m`` (the ground; ``collisions_layout``). Without a map every term is 0.
+    the camera's box (``camera_radius_m``) overlapping a static object or traffic
+    (``traffic_vehicles`` / ``traffic_pedestrians``, as in MirageDrive-v0, labels in ``info``),
+    or dropping below ``min_camera_height_m`` (the ground; ``collisions_layout``). Without a map every term is 0.
     ``info["infractions"]`` uses the CARLA Leaderboard 2.x names.
 
     ## Starting State
