@@ -55,6 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     brief = {key: report[key] for key in ("route_set", "policy", "wall_s")}
     brief["skipped"] = skipped_lines(report["skipped"])
+    brief["warnings"] = report["warnings"]
     brief["driving_score"] = {renderer: round(groups["all"]["driving_score"], 2)
                               for renderer, groups in report["summary"].items()}
     brief["report"] = f"{cfg.out_dir}/report.md"

@@ -12,7 +12,7 @@ Collisions do not end a route (``terminate_on_collision=False``), as on the Lead
 the road, straying from the route, standing still too long and the route's time limit do.
 
 Outputs in ``out_dir``: ``results.json`` (every route, summaries, the side-by-side comparison,
-what was skipped and why), ``report.md`` with ``scores.png`` and ``infractions.png``, and videos
+what was skipped and why, warnings), ``report.md`` with ``scores.png`` and ``infractions.png``, and videos
 of the worst routes (``videos/<route>_<renderer>.mp4`` of ``env.render()``: the observation
 beside a bird's-eye map), re-driven from the same seed.
 """
@@ -40,6 +40,7 @@ from mirage_env.rewards import INFRACTIONS
 from mirage_env.visualize import write_video
 
 RENDERER_LABELS = {"ground_truth": "ground truth", "world_model": "world model"}
+ROUTE_LENGTH_TOLERANCE_M = 1.0  # [m] a route replanned longer or shorter than recorded is reported
 
 
 def evaluate(
@@ -81,6 +82,7 @@ def evaluate(
     base_kwargs = {"width": width, "height": height, "render_size": render_size, "terminate_on_collision": False,
                    **(env_settings or {})}
     skipped: list[dict[str, str]] = []
+    warnings: list[str] = []
 
     entries = [e for e in route_set.routes if traffic or not e.has_traffic]
     runnable: list[tuple[RouteEntry, dict, dict]] = []  # entry, make kwargs, reset options of its traffic
@@ -120,6 +122,10 @@ def evaluate(
             if env is not None:
                 result, _ = drive_route(env, policy, entry, options)
                 results.append(result)
+                if abs(result.length_m - entry.length_m) > ROUTE_LENGTH_TOLERANCE_M and renderer == renderers[0]:
+                    warnings.append(f"{entry.id} replans to {result.length_m:.1f} m, not the {entry.length_m:.1f} m "
+                                    f"recorded in {route_set.version}: the map or the planner changed since the "
+                                    "route set was made (scores are not comparable with older reports)")
                 bar.set_postfix_str(f"{entry.id} {renderer}: DS {result.driving_score:.0f}")
             bar.update(1)
     bar.close()
@@ -145,6 +151,7 @@ def evaluate(
         "settings": {"renderers": list(renderers), "traffic": traffic, "world_model_path": world_model_path,
                      **base_kwargs},
         "skipped": skipped,
+        "warnings": warnings,
         "summary": {renderer: summaries([r for r in results if r.renderer == renderer]) for renderer in active},
         "comparison": comparisons(results) if {"ground_truth", "world_model"} <= set(active) else None,
         "routes": [r.as_dict() for r in results],
@@ -240,6 +247,8 @@ def write_markdown_report(report: dict, results: Sequence[RouteResult], out_dir:
     ]
     if report["skipped"]:
         lines += ["**Skipped:**", ""] + [f"- {line}" for line in skipped_lines(report["skipped"])] + [""]
+    if report["warnings"]:
+        lines += ["**Warnings:**", ""] + [f"- {line}" for line in report["warnings"]] + [""]
     lines += ["## Leaderboard scores", "",
               "| renderer | routes | subset | driving score | route completion | infraction penalty | "
               "infractions / km |", "|---|---|---|---|---|---|---|"]
@@ -278,6 +287,16 @@ def write_markdown_report(report: dict, results: Sequence[RouteResult], out_dir:
                      f"{' / '.join(ends)} |")
     lines += ["", "RC: route completion [%], IP: infraction penalty, DS: driving score [%].", "",
               "## Infractions", "", "![infractions](infractions.png)", ""]
+    occurred = [name for name in INFRACTIONS
+                if any(groups["all"]["infractions"][name] for groups in report["summary"].values())]
+    if occurred:
+        lines += ["| infraction | " + " | ".join(f"{RENDERER_LABELS[r]}: count (per km)" for r in renderers) + " |",
+                  "|---|" + "---|" * len(renderers)]
+        for name in occurred:
+            cells = [f"{groups['all']['infractions'][name]} ({groups['all']['infractions_per_km'][name]:.2f})"
+                     for groups in report["summary"].values()]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+        lines.append("")
     if report["videos"]:
         lines += ["## Worst routes", ""] + [
             f"- [{v['route_id']} ({RENDERER_LABELS[v['renderer']]})]({v['path']}): driving score "

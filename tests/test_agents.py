@@ -182,7 +182,7 @@ def bend_route_set(tmp_path, bend_map: str, max_steps: int = 200, traffic: bool 
     """A route set on the bend map: the last 30 m of the straight into the bend, without and
     (optionally) with one pedestrian of inserted traffic."""
     entry = {"id": "bend", "map": bend_map, "scene_seed": 0, "seed": 3, "start": [55.0, -1.75],
-             "goal": list(BEND_ROUTE["route_goal"]), "length_m": 40.0, "max_steps": max_steps,
+             "goal": list(BEND_ROUTE["route_goal"]), "length_m": 38.61, "max_steps": max_steps,
              "traffic": {"vehicles": 0, "pedestrians": 0}}
     routes = [entry] + ([{**entry, "id": "bend+traffic", "traffic": {"vehicles": 0, "pedestrians": 1}}] if traffic
                         else [])
@@ -197,6 +197,7 @@ def test_eval_expert_with_both_renderers_side_by_side(tmp_path, bend_map, world_
     report = evaluate(ExpertPolicy(), route_set, out, policy_name="expert", world_model_path=world_model_folder,
                       width=32, height=32, render_size=64, videos=1, progress=False)
     assert report["route_set"] == "bend_test_v1" and json.loads((out / "results.json").read_text()) == report
+    assert report["warnings"] == []  # the route replans to its recorded length
     routes = {r["renderer"]: r for r in report["routes"]}
     for renderer in ("ground_truth", "world_model"):
         assert routes[renderer]["route_completion"] == pytest.approx(100.0)
@@ -344,3 +345,16 @@ def test_dagger_training_grows_its_dataset_round_by_round(tmp_path, bend_map, be
     assert len(dataset) == sizes[-1] and math.isfinite(summary["validation_action_mse"])
     assert checkpoint_algorithm(tmp_path / "model.zip") == "ppo"
     assert isinstance(load_policy(str(tmp_path / "model.zip")), SB3Policy)
+
+    # PPO fine-tunes the imitated policy: it starts from its weights.
+    from agents.rl import train as train_rl
+
+    cloned = load_checkpoint(tmp_path / "model.zip").policy.state_dict()
+    cfg = train_config("agent=ppo", f"map={bend_map}", f"out_dir={tmp_path / 'ppo'}", f"init_from={tmp_path}/model.zip",
+                       f"width={SIZE}", f"height={SIZE}", "max_steps=30", "n_envs=1", "total_timesteps=16",
+                       "agent.hyperparameters.n_steps=16", "agent.hyperparameters.batch_size=16",
+                       "agent.hyperparameters.learning_rate=0", "eval_every=1000", "checkpoint_every=1000",
+                       "progress_bar=false")
+    train_rl(cfg)
+    tuned = load_checkpoint(tmp_path / "ppo" / "model.zip").policy.state_dict()
+    assert all(torch.equal(cloned[key], tuned[key]) for key in cloned)  # learning rate 0: still the clone
