@@ -250,7 +250,8 @@ def train(cfg: DictConfig) -> dict:
 
     def clone(data: Demonstrations) -> list[dict]:
         return behaviour_cloning(policy, data, epochs=agent.epochs, batch_size=agent.batch_size,
-                                 learning_rate=agent.learning_rate, validation=validation, seed=cfg.seed, progress=cfg.progress_bar)
+                                 learning_rate=agent.learning_rate, validation=validation, seed=cfg.seed,
+                                 progress=cfg.progress_bar)
 
     history: list[dict] = [{"round": 0, "dataset": len(train_set), "epochs": clone(train_set)}]
     if agent.name == "dagger":

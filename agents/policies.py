@@ -88,7 +88,8 @@ def checkpoint_algorithm(path: str | Path) -> str:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a stable-baselines3 checkpoint (a zip with a `data` entry): {error}") from error
+        raise ValueError(f"{path} is not a stable-baselines3 checkpoint (a zip with a `data` entry): "
+                         f"{error}") from error
     module = data.get("policy_class", {}).get("__module__", "")
     if module.startswith("stable_baselines3.sac"):
         return "sac"
