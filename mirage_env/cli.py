@@ -189,7 +189,8 @@ A small autoencoder with a co-trained depth head and a one-step UNet2DModel gene
 the ground-truth renderer from procedural towns (Town01 and the held-out procedural seeds
 1000000-1000015 are never trained on). Metrics are on the validation towns; `val_psnr` of the
 generator is whole-frame, `val_psnr_covered` on the cells the memory covered, beside
-`val_psnr_repeat_previous` (showing the previous frame again).
+`val_psnr_repeat_previous` (showing the previous frame again). Training minutes are wall time on
+a 2-core CPU (shared with other work), pauses excluded.
 
 | | |
 |---|---|
@@ -257,6 +258,9 @@ def train_editor(cfg: DictConfig) -> dict:
 
 
 def _refiner_card(summary: dict, cfg: DictConfig) -> str:
+    import os
+    import platform
+
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items() if key != "model")
     overrides = f"data.towns={cfg.data.towns} steps={cfg.steps} threads={cfg.threads}"
     return f"""# Mirage Env asset refiner (AssetRefiner)
@@ -269,7 +273,10 @@ from procedural towns (Town01 and the held-out seeds are never trained on), each
 editor's naive composite and as the scene rendered with the assets as real geometry, under
 random frame looks (blur, colour gain, gamma; `editors/refiner_training.py`). Metrics: PSNR [dB]
 over the edited region (asset masks grown by the band) on the validation towns, naive
-composite vs refined, against the truth.
+composite vs refined, against the truth; `training_minutes` is the wall time of the training
+steps with `threads={cfg.threads}` (0: torch's default) on the training machine ({platform.machine()},
+{os.cpu_count()} cores, shared). Held-out figures: `python benchmarks/editor.py`
+(`benchmarks/results/editor.json`).
 
 | | |
 |---|---|

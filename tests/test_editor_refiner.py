@@ -221,3 +221,12 @@ def test_pedestrians_turn_back_at_the_ends_of_their_walk():
         Traffic(pedestrians=[make_asset("car")], pedestrian_paths=[[[0, 0], [1, 0]]], pedestrian_speeds=[1.0])
     with pytest.raises(ValueError, match="finite speeds"):
         Traffic([make_asset("car")], [[[0, 0], [1, 0]]], [-1.0])
+
+
+def test_the_shipped_refiner_loads_and_edits_only_near_assets():
+    model = load_refiner()
+    rgb, mask = scene(batch=1, size=32)
+    out = model(rgb, mask).rgb
+    region = edit_region(mask, model.config.band_px) > 0
+    assert (out != rgb).any(1, keepdim=True)[region].float().mean() > 0.5  # trained: it does change assets
+    assert torch.equal(out[~region.expand_as(out)], rgb[~region.expand_as(rgb)])

@@ -182,3 +182,23 @@ def test_bad_traffic_settings_raise_clear_errors(tiny_world_model):
     with pytest.raises(ValueError, match="off the map"):
         check_on_map(town, (1.0e5, 0.0), "car")
     check_on_map(town, town.spawn_points()[0, :2], "car")
+
+
+def test_refined_traffic_frames_differ_only_around_assets():
+    from editors.refiner import edit_region
+
+    refined_env = gym.make("MirageDrive-v0", traffic_vehicles=2, traffic_pedestrians=1, refine_assets=True, **SETTINGS)
+    plain_env = gym.make("MirageDrive-v0", traffic_vehicles=2, traffic_pedestrians=1, **SETTINGS)
+    for env in (refined_env, plain_env):
+        env.reset(seed=4)
+        inner = env.unwrapped
+        x, y, yaw = inner.state.x, inner.state.y, inner.state.yaw
+        ahead = np.array([x, y]) + 10.0 * np.array([np.cos(yaw), np.sin(yaw)])
+        inner.traffic.vehicle_paths[0] = Polyline([ahead, ahead + 0.5 * np.array([np.cos(yaw), np.sin(yaw)])])
+        inner.traffic.vehicle_s[0], inner.traffic.vehicle_speeds[0] = 0.0, 0.0
+    refined, _, _, _, info = refined_env.step(np.array([0.0, 0.0], dtype=np.float32))
+    plain, _, _, _, _ = plain_env.step(np.array([0.0, 0.0], dtype=np.float32))
+    assets = torch.from_numpy(info["instance_mask"] >= 0)[None, None]
+    band = edit_region(assets, refined_env.unwrapped.frames.refiner.config.band_px)[0, 0].numpy() > 0
+    changed = (refined["rgb"] != plain["rgb"]).any(-1)
+    assert changed.any() and not (changed & ~band).any()
