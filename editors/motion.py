@@ -1,10 +1,12 @@
 """World-anchored motion of assets: tracks of poses over time.
 
 A :class:`Track` holds an asset's pose ``(x, y, yaw)`` in the world frame at every time step
-(the asset stands on the ground; :mod:`editors.placement` finds its height in a frame). Paths
-are polylines given by the caller, who reads them from the road map: lane centrelines for
-vehicles, sidewalks and crossings for pedestrians. Everything here is deterministic: the same
-inputs give the same tracks.
+(the asset stands on the ground; :mod:`editors.placement` finds its height in a frame);
+:class:`Traffic` moves vehicles and pedestrians step by step (vehicles stop behind whatever is
+in their lane, so it can react to an ego car that is only known as it drives). Paths are
+polylines given by the caller, who reads them from the road map: lane routes for vehicles,
+sidewalks and crossings for pedestrians. Everything here is deterministic: the same inputs give
+the same tracks.
 """
 
 from __future__ import annotations
