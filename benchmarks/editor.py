@@ -13,8 +13,9 @@ given the exact depth or a noisy one (per-8x8-token multiplicative noise of 15 %
 estimated depth). Jitter: per track, the standard deviation over frames of the 2D box centre's
 offset from the projection of the true 3D box centre [px] (frames where the asset is fully
 visible, unoccluded and off the image border), with the track's ground level chosen once per
-clip (ours) or per frame (the fine alignment applied frame by frame). Residual: the mean
-ground-contact disagreement [px] after alignment. Time: milliseconds per frame of alignment,
+clip (ours) or per frame (the fine alignment applied frame by frame). Residual: the
+ground-contact disagreement [px] after alignment (mean over a frame's unoccluded contact
+points; mean and median over frames and tracks). Time: milliseconds per frame of alignment,
 compositing and refinement at the clip size, on one CPU thread.
 
     python benchmarks/editor.py [--towns 2] [--clips 8] [--out benchmarks/results/editor.json]
@@ -152,7 +153,8 @@ def placement(refiner, seeds, frames: int, size: int) -> dict:
     return {
         "jitter_px": {key: round(float(np.mean(v)), 3) if v else None for key, v in jitter.items()},
         "tracks_measured": {key: len(v) for key, v in jitter.items()},
-        "alignment_residual_px": {key: round(float(np.mean(v)), 3) for key, v in residuals.items()},
+        "alignment_residual_px": {key: {"mean": round(float(np.mean(v)), 3), "median": round(float(np.median(v)), 3)}
+                                  for key, v in residuals.items()},
         "ms_per_frame": {stage: round(1000 * value / total_frames, 2) for stage, value in seconds.items()},
         "clip_size_px": size,
         "frames_per_clip": frames,

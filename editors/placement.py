@@ -15,7 +15,10 @@ Fine 2D (:func:`refine_placement`)
     1/z_map`` divided by the gradient of the map's inverse depth is the distance in pixels to
     the pixel whose ground is at the contact depth. A least-squares 2D image shift removes the
     common part of those disagreements; the placement is lifted back to 3D by unprojecting the
-    shifted anchor pixel with the depth map. The mean remaining disagreement is the residual [px].
+    shifted anchor pixel with the depth map. Contact points whose disagreement after the fit
+    is far larger than the others' (more than 1 px and 3x their median: something in front of
+    them in the frame, or a kerb) are dropped and the shift refitted once. The mean remaining
+    disagreement of the kept points is the residual [px].
 """
 
 from __future__ import annotations
@@ -56,12 +59,14 @@ class Placement:
 @dataclass(frozen=True)
 class Refinement:
     """Result of :func:`refine_placement`: the refined ``placement``, the image ``shift_px`` (2,)
-    applied to the anchor, and the mean contact disagreement [px] before and after the shift."""
+    applied to the anchor, the mean contact disagreement [px] of the kept contact points before
+    and after the shift, and how many ``outliers`` were dropped (occluded contact points)."""
 
     placement: Placement
     shift_px: tuple[float, float]
     initial_residual_px: float
     residual_px: float
+    outliers: int = 0
 
 
 def footprint_points(asset: Asset, samples: int = _FOOTPRINT_SAMPLES) -> np.ndarray:
@@ -131,15 +136,21 @@ def refine_placement(asset: Asset, placement: Placement, depth: torch.Tensor, K:
     # Pixels along the inverse-depth gradient to the ground at the contact point's depth.
     disagreement = (1.0 / z[valid] - samples[valid, 0])
     norm = gradient.norm(dim=1).clamp(min=1e-9)
-    initial = (disagreement.abs() / norm).mean()
     # Least squares over the shift s: gradient_i . s = disagreement_i, each row scaled to pixels.
     # On level ground the gradients all point down the image, so the sideways shift is
     # unconstrained: the minimum-norm solution (singular values below 5 % of the largest
     # dropped) leaves such directions unshifted instead of amplifying noise.
     system, target = gradient / norm[:, None], disagreement / norm
-    shift = torch.linalg.lstsq(system.double(), target.double()[:, None], rcond=0.05,
-                               driver="gelsd").solution[:, 0].float()
-    residual = ((system @ shift - target).abs()).mean()
+    shift = _least_squares(system, target)
+    error = (system @ shift - target).abs()
+    keep = error <= torch.clamp(3 * error.median(), min=1.0)
+    if 2 <= int(keep.sum()) < len(keep):
+        shift = _least_squares(system[keep], target[keep])
+        error = (system @ shift - target).abs()
+    else:
+        keep = torch.ones_like(keep)
+    initial = target[keep].abs().mean()
+    residual = error[keep].mean()
 
     anchor_uv, _ = project_points(torch.as_tensor(placement.to_world(np.zeros((1, 3))), dtype=torch.float32)[None],
                                   K, cam_to_world)
@@ -154,7 +165,15 @@ def refine_placement(asset: Asset, placement: Placement, depth: torch.Tensor, K:
     K_anchor[:, 1, 2] -= moved[1] - 0.5
     world = unproject_depth(anchor_depth, K_anchor, cam_to_world)[0, 0, 0]
     refined = Placement(float(world[0]), float(world[1]), float(world[2]), placement.yaw)
-    return Refinement(refined, (float(shift[0]), float(shift[1])), float(initial), float(residual))
+    return Refinement(refined, (float(shift[0]), float(shift[1])), float(initial), float(residual),
+                      int((~keep).sum()))
+
+
+def _least_squares(system: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm solution (2,) of ``system`` (P, 2) @ s = ``target`` (P,), dropping singular
+    values below 5 % of the largest."""
+    return torch.linalg.lstsq(system.double(), target.double()[:, None], rcond=0.05,
+                              driver="gelsd").solution[:, 0].float()
 
 
 def _check_frame(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> None:

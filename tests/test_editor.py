@@ -14,7 +14,7 @@ from editors import (
     ASSET_CLASSES, Asset, AssetInstance, Placement, composite, crossing_path, follow_lane, make_asset, parked,
     place_on_ground, refine_placement, walk,
 )
-from editors.placement import footprint_points
+from editors.placement import contact_points, footprint_points
 from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.road_map import RoadMap
 from mirage_env.scene import Primitives, Semantic, dress_scene
@@ -193,6 +193,24 @@ def test_fine_alignment_residual_is_zero_when_right_and_grows_when_wrong():
     assert 1.0 < residuals[0] < residuals[1]
     with pytest.raises(ValueError, match="over sky"):
         refine_placement(car, Placement(10.0, -1.75, 0.4, 0.2), torch.zeros_like(depth), K, pose)
+
+
+def test_fine_alignment_drops_occluded_contact_points():
+    K, pose = camera()
+    car = make_asset("car", seed=3)
+    depth = plane_depth(K, pose, ground_z=0.0)
+    placement = Placement(10.0, -1.75, 0.0, 0.0)
+    points = torch.as_tensor(placement.to_world(contact_points(car)), dtype=torch.float32)[None]
+    uv, _ = project_points(points, K, pose)
+    # Something 4 m from the camera hides the contact points on the car's left side.
+    left = torch.as_tensor(contact_points(car)[:, 1] > 0)
+    occluded = depth.clone()
+    for u, v in uv[0][left].tolist():
+        occluded[0, 0, int(v) - 2:int(v) + 3, int(u) - 2:int(u) + 3] = 4.0
+    clean = refine_placement(car, placement, depth, K, pose)
+    hidden = refine_placement(car, placement, occluded, K, pose)
+    assert clean.outliers == 0 and hidden.outliers >= int(left.sum()) - 2
+    assert hidden.residual_px < 0.1 and hidden.placement.z == pytest.approx(0.0, abs=0.02)
 
 
 def test_vehicles_keep_a_gap_behind_a_slower_leader():
