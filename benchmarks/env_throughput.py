@@ -2,7 +2,8 @@
 
 Measured (the expert drives, so episodes are long and realistic; resets are included):
 
-- one env, 64x64 and 128x128, world-model and ground-truth frames;
+- one env, 64x64 and 128x128, world-model and ground-truth frames; at 64x64 the world model
+  generates at 128 px (its training size, resized) and natively at 64 px (``world_model_size=64``);
 - the batched vector env (``vector_entry_point``, one renderer call per step) with 16 envs,
   aggregate steps/s;
 - highway-fast-v0 with 64x64 grayscale image observations (highway-env's image observation),
@@ -78,10 +79,11 @@ def expert_actions(envs) -> np.ndarray:
     return np.array(actions, dtype=np.float32)
 
 
-def single_env(size: int, renderer: str, steps: int, model: str | None, per_step: bool = False):
+def single_env(size: int, renderer: str, steps: int, model: str | None, model_size: int = 128,
+               per_step: bool = False):
     """Steps/s of one env (and per-step seconds if asked)."""
     env = gym.make("MirageDrive-v0", map="Town01", width=size, height=size, renderer=renderer,
-                   world_model_path=model, max_steps=100_000)
+                   world_model_path=model, world_model_size=model_size, max_steps=100_000)
     env.reset(seed=0)
     inner = env.unwrapped
     times = []
@@ -99,10 +101,10 @@ def single_env(size: int, renderer: str, steps: int, model: str | None, per_step
     return (rate, np.array(times)) if per_step else rate
 
 
-def batched(size: int, renderer: str, num_envs: int, steps: int, model: str | None) -> float:
+def batched(size: int, renderer: str, num_envs: int, steps: int, model: str | None, model_size: int = 128) -> float:
     vector = gym.make_vec("MirageDrive-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
                           map="Town01", width=size, height=size, renderer=renderer, world_model_path=model,
-                          max_steps=100_000)
+                          world_model_size=model_size, max_steps=100_000)
     vector.reset(seed=0)
     envs = vector.unwrapped.envs
     for _ in range(3):
@@ -120,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps per single-env measurement")
     parser.add_argument("--vector-steps", type=int, default=40, help="steps of the 16-env vector env")
     parser.add_argument("--long-steps", type=int, default=10_000, help="world-model steps for the drift figure")
+    parser.add_argument("--long-model-size", type=int, default=64, help="[px] world-model size of the long run")
     parser.add_argument("--model", default=None, help="world-model folder (default: the shipped model)")
     parser.add_argument("--out", default="benchmarks/results/env_throughput.json")
     args = parser.parse_args()
@@ -129,28 +132,36 @@ def main() -> None:
     rates = report["steps_per_second"]
     rates["highway-fast-v0 64x64"] = highway_steps_per_second(args.steps)
     for size in (64, 128):
-        for renderer in ("world_model", "ground_truth"):
-            rates[f"1 env {renderer} {size}x{size}"] = single_env(size, renderer, args.steps, args.model)
-            print(f"1 env {renderer} {size}: {rates[f'1 env {renderer} {size}x{size}']:.1f} steps/s", flush=True)
-        rates[f"16 envs batched world_model {size}x{size}"] = batched(size, "world_model", 16, args.vector_steps,
-                                                                      args.model)
-    _, times = single_env(64, "world_model", args.long_steps, args.model, per_step=True)
+        name = f"1 env ground_truth {size}x{size}"
+        rates[name] = single_env(size, "ground_truth", args.steps, args.model)
+        print(f"{name}: {rates[name]:.1f} steps/s", flush=True)
+        for model_size in sorted({size, 128}):
+            name = f"1 env world_model {size}x{size} (model at {model_size} px)"
+            rates[name] = single_env(size, "world_model", args.steps, args.model, model_size)
+            print(f"{name}: {rates[name]:.1f} steps/s", flush=True)
+            name = f"16 envs batched world_model {size}x{size} (model at {model_size} px)"
+            rates[name] = batched(size, "world_model", 16, args.vector_steps, args.model, model_size)
+            print(f"{name}: {rates[name]:.1f} steps/s", flush=True)
+    _, times = single_env(64, "world_model", args.long_steps, args.model, args.long_model_size, per_step=True)
     thousand = min(1000, len(times) // 2)
-    report["long_run_steps"] = len(times)
+    report["long_run"] = f"{len(times)} steps, 64x64, model at {args.long_model_size} px"
     report["ms_per_step_first_1000"] = round(1000 * times[:thousand].mean(), 2)
     report["ms_per_step_last_1000"] = round(1000 * times[-thousand:].mean(), 2)
     report["last_over_first"] = round(times[-thousand:].mean() / times[:thousand].mean(), 3)
     highway = rates["highway-fast-v0 64x64"]
     if highway:
-        report["world_model_64_over_highway"] = round(rates["1 env world_model 64x64"] / highway, 2)
-        report["batched16_64_over_highway"] = round(rates["16 envs batched world_model 64x64"] / highway, 2)
+        for model_size in (64, 128):
+            report[f"world_model_64_over_highway (model at {model_size} px)"] = round(
+                rates[f"1 env world_model 64x64 (model at {model_size} px)"] / highway, 2)
+            report[f"batched16_64_over_highway (model at {model_size} px)"] = round(
+                rates[f"16 envs batched world_model 64x64 (model at {model_size} px)"] / highway, 2)
 
-    print(f"\n{'':40}{'steps/s':>10}")
+    print(f"\n{'':56}{'steps/s':>10}")
     for name, rate in rates.items():
-        print(f"{name:40}{rate if rate is None else round(rate, 1):>10}")
-    for key in ("ms_per_step_first_1000", "ms_per_step_last_1000", "last_over_first", "world_model_64_over_highway",
-                "batched16_64_over_highway"):
-        print(f"{key:40}{report.get(key)!s:>10}")
+        print(f"{name:56}{rate if rate is None else round(rate, 1):>10}")
+    for key, value in report.items():
+        if key not in ("benchmark", "threads", "steps_per_second"):
+            print(f"{key:56}{value!s:>10}")
     write_report(report, args.out)
 
 

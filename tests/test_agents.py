@@ -51,7 +51,8 @@ def bend_map(tmp_path_factory) -> str:
 
 
 def bend_env(bend_map: str, **overrides) -> gym.Env:
-    return gym.make("mirage_env:MirageDrive-v0", map=bend_map, width=SIZE, height=SIZE, **overrides)
+    return gym.make("mirage_env:MirageDrive-v0", **{"map": bend_map, "width": SIZE, "height": SIZE,
+                                                    "renderer": "ground_truth", **overrides})
 
 
 def train_config(*overrides: str):

@@ -18,15 +18,22 @@ def run_demo(tmp_path, *overrides: str) -> dict:
 
 
 def test_demo_writes_video_sheet_and_trajectory(tmp_path):
-    """The README's main job, at a tiny size, in a subprocess as a user runs it."""
+    """The README's main job (the shipped world model), at a tiny size, in a subprocess as a user runs it."""
     summary = run_demo(tmp_path)
     assert 60 <= summary["route_length_m"] <= 120 and summary["frames"] == 41
     video = imageio.mimread(tmp_path / "drive.mp4", memtest=False)
-    assert len(video) == summary["frames"] and video[0].shape == (48 + 16, 64 * 3, 3)  # RGB | depth | labels + HUD
+    assert len(video) == summary["frames"] and video[0].shape == (48 + 16, 64 * 2, 3)  # generated | truth + HUD
     assert np.std(video[len(video) // 2]) > 10  # a picture, not a blank frame
-    assert Image.open(tmp_path / "contact_sheet.png").width > 2 * 64 * 3
+    assert Image.open(tmp_path / "contact_sheet.png").width > 2 * 64 * 2
     steps = json.loads((tmp_path / "steps.json").read_text())
     assert steps[-1]["speed_mps"] > 1 and steps[-1]["route_completion"] > 0  # the expert drives
+    assert all("psnr_db" in step for step in steps) and "mean_psnr_db" in summary
+
+
+def test_demo_with_the_ground_truth_renderer(tmp_path):
+    summary = run_demo(tmp_path, "renderer=ground_truth", "max_steps=5")
+    video = imageio.mimread(tmp_path / "drive.mp4", memtest=False)
+    assert len(video) == summary["frames"] == 6 and video[0].shape == (48 + 16, 64 * 3, 3)  # RGB | depth | labels
 
 
 def test_demo_with_a_world_model_folder(tmp_path):

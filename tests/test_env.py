@@ -76,7 +76,7 @@ def bend_map(tmp_path_factory) -> str:
 
 
 def make(env_id: str, bend_map: str, **overrides) -> gym.Env:
-    overrides = {"map": bend_map, "width": 32, "height": 32, **overrides}
+    overrides = {"map": bend_map, "width": 32, "height": 32, "renderer": "ground_truth", **overrides}
     return gym.make(env_id, **overrides)
 
 
@@ -230,7 +230,7 @@ def test_world_steps_are_in_the_camera_frame_and_the_ground_is_a_collision(bend_
 
 
 def test_scenarios_from_a_procedural_town_and_town01():
-    env = gym.make("MirageDrive-v0", width=32, height=32)
+    env = gym.make("MirageDrive-v0", width=32, height=32, renderer="ground_truth")
     for spec in ("town:5", "Town01"):
         obs, info = env.reset(seed=0, options={"map": spec, "route_min_length_m": 50.0, "route_max_length_m": 150.0})
         assert env.unwrapped.scenario.name == {"town:5": "town_5", "Town01": "Town01"}[spec]
@@ -309,7 +309,8 @@ def test_render_shows_the_observation_beside_a_birds_eye_map_and_records_video(b
 
 # ---------------------------------------------------------------------- vector envs and SB3
 def test_async_vector_env_with_spawn_workers(bend_map):
-    make_env = functools.partial(gym.make, "mirage_env:MirageDrive-v0", map=bend_map, width=32, height=32)
+    make_env = functools.partial(gym.make, "mirage_env:MirageDrive-v0", map=bend_map, width=32, height=32,
+                                 renderer="ground_truth")
     envs = gym.vector.AsyncVectorEnv([make_env, make_env], context="spawn")
     try:
         obs, _ = envs.reset(seed=[0, 1])
@@ -325,7 +326,8 @@ def test_sb3_subproc_vec_env_trains_ppo_with_multi_input_policy(bend_map):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
-    make_env = functools.partial(gym.make, "mirage_env:MirageDrive-v0", map=bend_map, width=36, height=36)
+    make_env = functools.partial(gym.make, "mirage_env:MirageDrive-v0", map=bend_map, width=36, height=36,
+                                 renderer="ground_truth")
     envs = SubprocVecEnv([make_env, make_env], start_method="spawn")
     try:
         model = PPO("MultiInputPolicy", envs, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
@@ -357,7 +359,7 @@ def test_bad_actions_raise(action, message, bend_map):
 
 
 def test_step_and_render_before_reset_raise(bend_map):
-    env = MirageDriveEnv(render_mode="rgb_array", map=bend_map)
+    env = MirageDriveEnv(render_mode="rgb_array", map=bend_map, renderer="ground_truth")
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(2, np.float32))
     with pytest.raises(RuntimeError, match="reset"):
@@ -410,7 +412,7 @@ def test_start_images_are_checked(bend_map):
 
 # ---------------------------------------------------------------------- batched vector env
 def test_batched_vector_env_matches_single_envs_and_autoresets(bend_map):
-    overrides = {"map": bend_map, "width": 32, "height": 32, **BEND_ROUTE, "max_steps": 3}
+    overrides = {"map": bend_map, "width": 32, "height": 32, **BEND_ROUTE, "max_steps": 3, "renderer": "ground_truth"}
     vector = gym.make_vec("MirageDrive-v0", num_envs=3, vectorization_mode="vector_entry_point", **overrides)
     singles = [gym.make("MirageDrive-v0", **overrides) for _ in range(3)]
     observations, _ = vector.reset(seed=10)

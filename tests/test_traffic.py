@@ -16,7 +16,7 @@ from mirage_env.road_map import RoadMap
 from world_model.camera import project_points
 
 SIZE = 64
-SETTINGS = dict(map="town:3", width=SIZE, height=SIZE, route_min_length_m=80.0)
+SETTINGS = dict(map="town:3", width=SIZE, height=SIZE, route_min_length_m=80.0, renderer="ground_truth")
 
 
 def drive_until_end(env, steps: int = 300, throttle: float | None = None):

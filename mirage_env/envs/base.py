@@ -53,7 +53,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         # A batched vector env passes one shared source and gives each env its own slot in it.
         self.frames: FrameSource = with_traffic(frame_source or make_frame_source(
             self.config.renderer, self.config.height, self.config.width, self.config.world_model_path,
-            self.config.memory, self.config.device,
+            self.config.memory, self.config.device, model_size=self.config.world_model_size,
         ), self.config)
         self.traffic = None  # editors.Traffic of the running episode, when the config asks for traffic
         self.slot = slot

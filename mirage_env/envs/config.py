@@ -26,7 +26,7 @@ from world_model.world_model import MEMORIES
 OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
-                               "world_model_path", "memory", "traffic_vehicles", "traffic_pedestrians",
+                               "world_model_path", "memory", "world_model_size", "traffic_vehicles", "traffic_pedestrians",
                                "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
@@ -45,9 +45,10 @@ class EnvConfig:
     route_min_length_m: float = 100.0  # [m] random routes are at least this long where the map allows
     route_max_length_m: float = 300.0  # [m]
     # --- frames and observations -------------------------------------------------------------
-    renderer: str = "ground_truth"  # "ground_truth" (the exact scene) or "world_model"
+    renderer: str = "world_model"  # "world_model" (generated frames) or "ground_truth" (the exact scene)
     world_model_path: str | None = None  # world-model weights folder; None: the model shipped in the package
     memory: str = "latent"  # the world model's memory: "latent" (cache), "pixel" (baseline) or "none"
+    world_model_size: int = 128  # [px] square size the world model generates at (frames are resized to width x height)
     device: str = "cpu"  # torch device that renders
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
@@ -105,6 +106,10 @@ class EnvConfig:
         )
         require(self.renderer in RENDERERS, f"`renderer` must be one of {RENDERERS}, got {self.renderer!r}")
         require(self.memory in MEMORIES, f"`memory` must be one of {MEMORIES}, got {self.memory!r}")
+        require(isinstance(self.world_model_size, (int, np.integer)) and self.world_model_size >= 16
+                and self.world_model_size % 16 == 0,
+                f"`world_model_size` must be a multiple of 16 pixels (the default model's latent grid is 1/4 of "
+                f"it and its UNet halves that twice), got {self.world_model_size!r}")
         require(0.0 < self.fov_deg < 180.0, f"`fov_deg` must be in (0, 180), got {self.fov_deg}")
         require(self.dt_s > 0.0, f"`dt_s` must be > 0 seconds, got {self.dt_s}")
         require(

@@ -33,7 +33,7 @@ class MirageVectorEnv(gym.vector.VectorEnv):
         config = env_class.config_class().updated(overrides)
         source = with_traffic(make_frame_source(config.renderer, config.height, config.width,
                                                 config.world_model_path, config.memory, config.device,
-                                                slots=num_envs), config)
+                                                slots=num_envs, model_size=config.world_model_size), config)
         self.envs = [env_class(render_mode=render_mode, config=config, frame_source=source, slot=i)
                      for i in range(num_envs)]
         self.frames = source
