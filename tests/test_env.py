@@ -104,14 +104,16 @@ def test_both_ids_register_idempotently_and_make_with_module_prefix(bend_map):
             env.close()
 
 
+@pytest.mark.parametrize("renderer", ["world_model", "ground_truth"])
 @pytest.mark.parametrize("observation", ["dict", "rgb"])
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_gymnasium_and_sb3_check_env_pass_without_warnings(env_id, observation, bend_map):
+def test_gymnasium_and_sb3_check_env_pass_without_warnings(env_id, observation, renderer, bend_map):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    # 64 x 64: SB3's checker warns below CnnPolicy's 36 x 36 minimum.
-    env = make(env_id, bend_map, observation=observation, width=64, height=64, render_mode="rgb_array")
+    # 64 x 64: SB3's checker warns below CnnPolicy's 36 x 36 minimum. The world model is the shipped one.
+    env = make(env_id, bend_map, observation=observation, width=64, height=64, render_mode="rgb_array",
+               renderer=renderer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped)
@@ -119,9 +121,10 @@ def test_gymnasium_and_sb3_check_env_pass_without_warnings(env_id, observation, 
     assert [str(w.message) for w in caught] == []
 
 
-def test_seeded_reset_and_step_are_deterministic(bend_map):
+@pytest.mark.parametrize("renderer", ["world_model", "ground_truth"])
+def test_seeded_reset_and_step_are_deterministic(renderer, bend_map):
     def rollout(seed: int):
-        env = make("MirageDrive-v0", bend_map)
+        env = make("MirageDrive-v0", bend_map, renderer=renderer)
         obs, info = env.reset(seed=seed)
         frames, rewards = [obs["rgb"]], []
         rng = np.random.default_rng(7)

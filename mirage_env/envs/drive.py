@@ -19,8 +19,9 @@ class MirageDriveEnv(MirageEnv):
 
     A car follows a route through a road map (CARLA's Town01, a procedural town or any OpenDRIVE
     file, dressed with buildings, trees, poles and parked cars) and sees it through a camera
-    mounted on the car. The frames come from a frame source: ``renderer="ground_truth"`` draws
-    the scene exactly; ``renderer="world_model"`` will generate them with the video world model.
+    mounted on the car. The frames come from a frame source: ``renderer="world_model"`` (the
+    default) generates them with the video world model and its latent spatial memory, starting
+    from the exact first frame; ``renderer="ground_truth"`` draws the scene exactly.
     Rewards, infractions and episode ends are measured on the road map and the scene's geometry,
     never on pixels.
 
@@ -56,8 +57,8 @@ class MirageDriveEnv(MirageEnv):
     float32 and clipped to these bounds (an episode ends long before).
 
     With ``observation="rgb"`` the ``rgb`` image alone. The default 64 x 64 keeps a step cheap
-    enough for on-policy RL on a CPU (the ground truth renders it in ~10 ms, and the CPU world
-    model works on an 8 x 8 latent grid at that size) and is above the 36 x 36 minimum of
+    enough for on-policy RL on a CPU (the ground truth renders it in ~10 ms; the world model
+    generates at ``world_model_size``, 128 px by default, and resizes) and is above the 36 x 36 minimum of
     stable-baselines3's ``CnnPolicy``; pass ``width=128, height=128`` for more detail.
     Stack frames with Gymnasium's ``FrameStackObservation`` wrapper.
 
