@@ -140,8 +140,8 @@ def test_world_model_frames_keep_assets_out_of_the_memory(tiny_world_model, monk
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(WorldModel, "render", spy)
-    env = gym.make("MirageDrive-v0", renderer="world_model", world_model_path=str(model), traffic_vehicles=2,
-                   traffic_pedestrians=1, **SETTINGS)
+    env = gym.make("MirageDrive-v0", world_model_path=str(model), traffic_vehicles=2, traffic_pedestrians=1,
+                   **{**SETTINGS, "renderer": "world_model"})
     env.reset(seed=0)
     inner = env.unwrapped
     # Park a vehicle right in front of the camera so it covers many pixels.
