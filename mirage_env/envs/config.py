@@ -45,7 +45,9 @@ class EnvConfig:
     route_min_length_m: float = 100.0  # [m] random routes are at least this long where the map allows
     route_max_length_m: float = 300.0  # [m]
     # --- frames and observations -------------------------------------------------------------
-    renderer: str = "world_model"  # "world_model" (generated frames) or "ground_truth" (the exact scene)
+    # "ground_truth" (the exact scene) or "world_model" (generated frames). The default stays the
+    # ground truth until the shipped world model holds up over long episodes (README, Status).
+    renderer: str = "ground_truth"
     world_model_path: str | None = None  # world-model weights folder; None: the model shipped in the package
     memory: str = "latent"  # the world model's memory: "latent" (cache), "pixel" (baseline) or "none"
     world_model_size: int = 128  # [px] square size the world model generates at (frames are resized to width x height)
