@@ -169,6 +169,9 @@ class Traffic:
         path, s0 = self.vehicle_paths[i], self.vehicle_s[i]
         first = max(int(np.searchsorted(path.s, s0, side="right")) - 1, 0)
         last = min(int(np.searchsorted(path.s, s0 + self.lookahead_m, side="right")), len(path.points) - 1)
+        if last <= first:  # at the end of its path: nothing lies ahead
+            none = np.full(len(others), np.inf)
+            return none, np.zeros(len(others)), none
         start, end = path.points[first:last], path.points[first + 1:last + 1]
         seg_s = path.s[first:last]
         direction = end - start

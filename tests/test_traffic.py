@@ -202,3 +202,21 @@ def test_refined_traffic_frames_differ_only_around_assets():
     band = edit_region(assets, refined_env.unwrapped.frames.refiner.config.band_px)[0, 0].numpy() > 0
     changed = (refined["rgb"] != plain["rgb"]).any(-1)
     assert changed.any() and not (changed & ~band).any()
+
+
+def test_a_vehicle_at_the_end_of_a_dead_end_lane_stops_there(tmp_path):
+    """Traffic on a map whose lanes end: a vehicle that reaches the end of its path has nothing
+    ahead of it (it used to crash the step)."""
+    from test_env import BEND_XODR  # tests/ is on sys.path
+
+    path = tmp_path / "bend.xodr"
+    path.write_text(BEND_XODR, encoding="utf-8")
+    env = gym.make("MirageDrive-v0", map=str(path), width=32, height=32, renderer="ground_truth", traffic_vehicles=1,
+                   route_start=(55.0, -1.75), route_goal=(81.75, 18.0), terminate_on_collision=False)
+    env.reset(seed=3)
+    expert = RouteExpert(env.unwrapped.scenario.route, env.unwrapped.model)
+    for _ in range(300):
+        _, _, terminated, truncated, info = env.step(np.array(expert.act(env.unwrapped.state), np.float32))
+        if terminated or truncated:
+            break
+    assert info["termination_reason"] == "route_complete"
