@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps per single-env measurement")
     parser.add_argument("--vector-steps", type=int, default=40, help="steps of the 16-env vector env")
     parser.add_argument("--long-steps", type=int, default=10_000, help="world-model steps for the drift figure")
-    parser.add_argument("--long-model-size", type=int, default=64, help="[px] world-model size of the long run")
+    parser.add_argument("--long-model-size", type=int, default=128, help="[px] world-model size of the long run")
     parser.add_argument("--model", default=None, help="world-model folder (default: the shipped model)")
     parser.add_argument("--out", default="benchmarks/results/env_throughput.json")
     args = parser.parse_args()
