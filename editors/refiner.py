@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+
+from world_model.tiny_backbone import ResidualBlock
 
 DEFAULT_REFINER_DIR = Path(__file__).parent / "weights" / "refiner"
 
@@ -45,15 +46,6 @@ class RefinerOutput:
 
     rgb: torch.Tensor
     state: torch.Tensor
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int, groups: int):
-        super().__init__()
-        self.block = ResnetBlock2D(in_channels=channels, out_channels=channels, temb_channels=None, groups=groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x, None)
 
 
 def _zero_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
@@ -77,13 +69,13 @@ class AssetRefiner(ModelMixin, ConfigMixin):
         half, quarter = channels
         inputs = 4  # rgb and mask
         self.down_half = nn.Sequential(nn.Conv2d(inputs, half, 3, stride=2, padding=1), nn.SiLU(),
-                                       _Residual(half, norm_groups))
+                                       ResidualBlock(half, norm_groups))
         self.down_quarter = nn.Sequential(nn.Conv2d(half, quarter, 3, stride=2, padding=1), nn.SiLU(),
-                                          _Residual(quarter, norm_groups))
+                                          ResidualBlock(quarter, norm_groups))
         self.temporal = _zero_conv(2 * quarter, quarter)
-        self.middle = _Residual(quarter, norm_groups)
+        self.middle = ResidualBlock(quarter, norm_groups)
         self.up_half = nn.Sequential(nn.Conv2d(quarter, half * 4, 3, padding=1), nn.PixelShuffle(2))
-        self.decode_half = _Residual(half, norm_groups)
+        self.decode_half = ResidualBlock(half, norm_groups)
         self.up_full = nn.Sequential(nn.Conv2d(half, detail_channels * 4, 3, padding=1), nn.PixelShuffle(2))
         self.detail_full = nn.Sequential(nn.Conv2d(inputs, detail_channels, 3, padding=1), nn.SiLU(),
                                          nn.Conv2d(detail_channels, detail_channels, 3, padding=1), nn.SiLU())

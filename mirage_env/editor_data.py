@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from editors import AssetInstance, Polyline, composite, make_asset
 from editors.assets import VEHICLE_CLASSES
@@ -36,6 +35,7 @@ from mirage_env.expert import drive_route
 from mirage_env.scenario import load_map_assets
 from mirage_env.towns import is_heldout
 from mirage_env.vehicle import CameraMount
+from mirage_env.world_model_data import read_town_shards, write_town_shards
 
 FORMAT = "mirage-editor-pairs/1"
 PAIR_KEYS = ("background", "naive", "truth", "naive_mask", "truth_mask", "shadow", "cam_to_world", "asset_poses")
@@ -149,39 +149,14 @@ def generate_pair_shards(directory: str | Path, seeds, config: PairConfig | None
                          allow_heldout: bool = False) -> list[Path]:
     """Render the pairs of every town in ``seeds`` into ``directory`` (one shard per town,
     existing shards reused). Returns the shard paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config = config or PairConfig()
-    paths = []
-    for seed in tqdm(list(seeds), desc="rendering editor pairs", unit="town"):
-        path = directory / f"town_{seed}.safetensors"
-        if not path.exists():
-            tensors = render_pair_clips(int(seed), config, allow_heldout)
-            partial = path.with_suffix(".partial")
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
-                      metadata={"format": FORMAT, "seed": str(seed)})
-            partial.rename(path)  # a shard appears whole or not at all
-        paths.append(path)
-    return paths
+    return write_town_shards(directory, seeds, lambda seed: render_pair_clips(seed, config, allow_heldout), FORMAT,
+                             "rendering editor pairs")
 
 
 def load_pair_shards(paths) -> dict[str, torch.Tensor]:
     """Concatenate pair shards (all rendered with the same intrinsics)."""
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no editor pair shards given")
-    parts = []
-    for path in paths:
-        try:
-            parts.append(load_file(str(path)))
-        except Exception as error:  # safetensors raises several types for corrupt files
-            raise ValueError(f"editor pair shard {path} is unreadable ({error}); delete it to re-render") from error
-    K = parts[0]["K"]
-    if any(not torch.equal(part["K"], K) for part in parts):
-        raise ValueError("editor pair shards were rendered with different intrinsics; use one PairConfig")
-    pairs = {key: torch.cat([part[key] for part in parts]) for key in PAIR_KEYS}
-    pairs["K"] = K
-    return pairs
+    return read_town_shards(paths, "editor pair shard", "PairConfig", keys=PAIR_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------

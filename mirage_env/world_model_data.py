@@ -110,36 +110,50 @@ def _perturbed_poses(ego: np.ndarray, mount: CameraMount, config: ClipConfig, rn
 def generate_shards(directory: str | Path, seeds, config: ClipConfig | None = None) -> list[Path]:
     """Render the clips of every town in ``seeds`` into ``directory``, one shard per town,
     skipping shards already there. Returns all shard paths."""
+    config = config or ClipConfig()
+    return write_town_shards(directory, seeds, lambda seed: render_town_clips(seed, config), FORMAT,
+                             "rendering training towns")
+
+
+def load_shards(paths) -> dict[str, torch.Tensor]:
+    """Concatenate shards into one set of clips (the ``K`` of the first; all must agree)."""
+    return read_town_shards(paths, "training shard", "ClipConfig")
+
+
+def write_town_shards(directory: str | Path, seeds, render, format: str, desc: str) -> list[Path]:
+    """``render(seed)`` (a dict of tensors) of every town in ``seeds`` saved as
+    ``directory/town_<seed>.safetensors``, shards already there reused. Returns all shard paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = config or ClipConfig()
     paths = []
-    for seed in tqdm(list(seeds), desc="rendering training towns", unit="town"):
+    for seed in tqdm(list(seeds), desc=desc, unit="town"):
         path = directory / f"town_{seed}.safetensors"
         if not path.exists():
-            tensors = render_town_clips(int(seed), config)
+            tensors = render(int(seed))
             partial = path.with_suffix(".partial")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
-                      metadata={"format": FORMAT, "seed": str(seed)})
+                      metadata={"format": format, "seed": str(seed)})
             partial.rename(path)  # a shard appears whole or not at all
         paths.append(path)
     return paths
 
 
-def load_shards(paths) -> dict[str, torch.Tensor]:
-    """Concatenate shards into one set of clips (the ``K`` of the first; all must agree)."""
+def read_town_shards(paths, what: str, config_name: str, keys=None) -> dict[str, torch.Tensor]:
+    """Shards concatenated along their first axis (``keys``, default all), with the ``K`` they
+    share; ``what`` and ``config_name`` name them in errors."""
     paths = list(paths)
     if not paths:
-        raise ValueError("no training shards given")
+        raise ValueError(f"no {what}s given")
     parts = []
     for path in paths:
         try:
             parts.append(load_file(str(path)))
         except Exception as error:  # safetensors raises several types for corrupt files
-            raise ValueError(f"training shard {path} is unreadable ({error}); delete it to re-render") from error
+            raise ValueError(f"{what} {path} is unreadable ({error}); delete it to re-render") from error
     K = parts[0]["K"]
     if any(not torch.equal(part["K"], K) for part in parts):
-        raise ValueError("training shards were rendered with different intrinsics; use one ClipConfig")
-    clips = {name: torch.cat([part[name] for part in parts]) for name in parts[0] if name != "K"}
-    clips["K"] = K
-    return clips
+        raise ValueError(f"{what}s were rendered with different intrinsics; use one {config_name}")
+    keys = [name for name in parts[0] if name != "K"] if keys is None else keys
+    merged = {name: torch.cat([part[name] for part in parts]) for name in keys}
+    merged["K"] = K
+    return merged

@@ -36,7 +36,7 @@ MIN_DEPTH_M, MAX_DEPTH_M = 0.3, 300.0  # [m] range of the depth head
 DEPTH_ERROR_FOR_HALF_CONFIDENCE = 0.07  # expected |log depth error| at which confidence is 0.5
 
 
-class _Residual(nn.Module):
+class ResidualBlock(nn.Module):
     """A ``ResnetBlock2D`` without a time embedding, usable in ``nn.Sequential``."""
 
     def __init__(self, channels: int, groups: int):
@@ -48,7 +48,7 @@ class _Residual(nn.Module):
 
 
 def _residuals(channels: int, count: int, groups: int) -> list[nn.Module]:
-    return [_Residual(channels, groups) for _ in range(count)]
+    return [ResidualBlock(channels, groups) for _ in range(count)]
 
 
 class TinyAutoencoder(ModelMixin, ConfigMixin):
@@ -71,7 +71,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         layers: list[nn.Module] = []
         previous = 3
         for channels in encoder_channels:
-            layers += [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.SiLU(), _Residual(channels, norm_groups)]
+            layers += [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.SiLU(), ResidualBlock(channels, norm_groups)]
             previous = channels
         layers += [nn.GroupNorm(norm_groups, previous), nn.SiLU(), nn.Conv2d(previous, latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*layers)
