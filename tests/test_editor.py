@@ -15,6 +15,7 @@ from editors import (
     place_on_ground, refine_placement, walk,
 )
 from editors.placement import contact_points, footprint_points
+from mirage_env.envs.traffic import asset_boxes
 from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.road_map import RoadMap
 from mirage_env.scene import Primitives, Semantic, dress_scene
@@ -39,18 +40,6 @@ def camera():
     return K, pose
 
 
-def as_primitives(instances: list[AssetInstance], frame: int = 0) -> list[tuple]:
-    """Boxes of ``instances`` as ground-truth renderer primitives."""
-    boxes = []
-    for instance in instances:
-        x, y, z, yaw = instance.poses[frame].tolist()
-        label = Semantic.PEDESTRIAN if instance.asset.is_pedestrian else Semantic.VEHICLE
-        centres = Placement(x, y, z, yaw).to_world(instance.asset.centres)
-        for centre, size, colour in zip(centres, instance.asset.sizes, instance.asset.colours):
-            boxes.append((centre, size / 2, yaw, label, colour, False))
-    return boxes
-
-
 @pytest.fixture(scope="module")
 def street(renderer):
     """Background with a building, truth with the building and the assets, and the composite.
@@ -63,7 +52,7 @@ def street(renderer):
     building = (*BUILDING, 0.0, Semantic.BUILDING, (0.6, 0.5, 0.4), True)
     background = renderer.render(pose, K, HEIGHT, WIDTH, actors=Primitives.from_lists([building], []))
     truth = renderer.render(pose, K, HEIGHT, WIDTH,
-                            actors=Primitives.from_lists([building, *as_primitives(instances)], []))
+                            actors=Primitives.from_lists([building, *asset_boxes(instances)], []))
     rgb = background.rgb.permute(0, 3, 1, 2).float() / 255
     return K, pose, instances, background, truth, composite(rgb, background.depth, K, pose, instances)
 

@@ -165,6 +165,11 @@ def traffic_instances(traffic: Traffic, ground_z: float = 0.0) -> list[AssetInst
 
 def asset_primitives(instances: list[AssetInstance], frame: int = 0) -> Primitives:
     """Boxes of ``instances`` at ``frame`` as ground-truth renderer primitives (real scene geometry)."""
+    return Primitives.from_lists(asset_boxes(instances, frame), [])
+
+
+def asset_boxes(instances: list[AssetInstance], frame: int = 0) -> list[tuple]:
+    """Boxes of ``instances`` at ``frame`` as ``Primitives.from_lists`` box tuples."""
     boxes = []
     for instance in instances:
         x, y, z, yaw = instance.poses[frame].tolist()
@@ -172,7 +177,7 @@ def asset_primitives(instances: list[AssetInstance], frame: int = 0) -> Primitiv
         centres = Placement(x, y, z, yaw).to_world(instance.asset.centres)
         for centre, size, colour in zip(centres, instance.asset.sizes, instance.asset.colours):
             boxes.append((centre, size / 2, yaw, label, colour, False))
-    return Primitives.from_lists(boxes, [])
+    return boxes
 
 
 def collision_names(traffic: Traffic, centre: np.ndarray, half: np.ndarray, yaw: float) -> set[str]:
