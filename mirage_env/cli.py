@@ -168,16 +168,9 @@ def train_world_model(cfg: DictConfig) -> dict:
         **{f"{name}_{key}": round(value, 2) for name, log in logs.items() for key, value in log[-1].items()
            if key.startswith("val_")},
     }
-    (model_dir / "MODEL_CARD.md").write_text(_model_card(summary, cfg))
-    if cfg.ship:
-        import shutil
+    from world_model.pretrained import DEFAULT_MODEL_DIR
 
-        from world_model.pretrained import DEFAULT_MODEL_DIR
-
-        shutil.copytree(model_dir, DEFAULT_MODEL_DIR, dirs_exist_ok=True)
-        summary["shipped_to"] = str(DEFAULT_MODEL_DIR)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return _card_and_ship(model_dir, _model_card(summary, cfg), summary, DEFAULT_MODEL_DIR if cfg.ship else None)
 
 
 def _model_card(summary: dict, cfg: DictConfig) -> str:
@@ -247,12 +240,18 @@ def train_editor(cfg: DictConfig) -> dict:
         "training_minutes": round(log[-1]["seconds"] / 60, 1),
         **{key: round(value, 2) for key, value in final.items()},
     }
-    (model_dir / "MODEL_CARD.md").write_text(_refiner_card(summary, cfg))
-    if cfg.ship:
+    return _card_and_ship(model_dir, _refiner_card(summary, cfg), summary, DEFAULT_REFINER_DIR if cfg.ship else None)
+
+
+def _card_and_ship(model_dir: Path, card: str, summary: dict, ship_to: Path | None) -> dict:
+    """Write the model card beside a trained model, copy the model into the package when
+    ``ship_to`` is given, print and return ``summary``."""
+    (model_dir / "MODEL_CARD.md").write_text(card)
+    if ship_to is not None:
         import shutil
 
-        shutil.copytree(model_dir, DEFAULT_REFINER_DIR, dirs_exist_ok=True)
-        summary["shipped_to"] = str(DEFAULT_REFINER_DIR)
+        shutil.copytree(model_dir, ship_to, dirs_exist_ok=True)
+        summary["shipped_to"] = str(ship_to)
     print(json.dumps(summary, indent=2))
     return summary
 
