@@ -4,6 +4,7 @@ metrics."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,11 +64,13 @@ def latest_checkpoint(folder: str | Path, prefix: str) -> Path | None:
 
 class DrivingMetricsCallback(BaseCallback):
     """Logs the Leaderboard scores of finished training episodes to tensorboard
-    (``rollout/route_completion``, ``rollout/driving_score``) and counts episodes."""
+    (``rollout/route_completion``, ``rollout/driving_score``), counts episodes and, given
+    ``path``, appends one JSON line per episode there (timesteps, return, length, scores)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()
         self.episodes = 0
+        self.path = None if path is None else Path(path)
 
     def _on_step(self) -> bool:
         for done, info in zip(self.locals["dones"], self.locals["infos"]):
@@ -75,6 +78,14 @@ class DrivingMetricsCallback(BaseCallback):
                 self.episodes += 1
                 self.logger.record_mean("rollout/route_completion", info["route_completion"])
                 self.logger.record_mean("rollout/driving_score", info["driving_score"])
+                if self.path is not None:
+                    episode = info.get("episode", {})  # from SB3's Monitor wrapper
+                    record = {"timesteps": int(self.num_timesteps), "return": float(episode.get("r", float("nan"))),
+                              "length": int(episode.get("l", 0)),
+                              "route_completion": float(info["route_completion"]),
+                              "driving_score": float(info["driving_score"])}
+                    with self.path.open("a") as file:
+                        file.write(json.dumps(record) + "\n")
         return True
 
 

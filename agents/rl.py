@@ -13,7 +13,9 @@ n_envs=2 agent.hyperparameters.learning_rate=1e-4``). Top to bottom:
    route completion and driving score of finished episodes), periodic evaluation
    (``EvalCallback``: ``out_dir/eval``, best model in ``out_dir/best``) and checkpoints;
 4. the final model ``out_dir/model.zip`` (also a checkpoint, so raising ``total_timesteps``
-   and running again trains on) and ``out_dir/summary.json``.
+   and running again trains on), ``out_dir/summary.json`` and ``out_dir/learning_curve.png``
+   (evaluation return and the training episodes' driving scores against env steps, from
+   ``out_dir/eval/evaluations.npz`` and ``out_dir/episodes.jsonl``).
 
 Both use ``MultiInputPolicy`` for the dict observation (NatureCNN on the image, an MLP on the
 state entries) and SB3's ``VecTransposeImage`` for the HWC image. SAC needs the Box action
@@ -74,7 +76,7 @@ def train(cfg: DictConfig) -> dict:
     # 3. Learn, evaluating and checkpointing every so many env steps (the callbacks count vector steps).
     remaining = int(cfg.total_timesteps) - model.num_timesteps
     callbacks = CallbackList([
-        DrivingMetricsCallback(),
+        DrivingMetricsCallback(run_dir / "episodes.jsonl"),
         CheckpointCallback(save_freq=max(cfg.checkpoint_every // cfg.n_envs, 1), save_path=str(checkpoints),
                            name_prefix=name, save_replay_buffer=name == "sac"),
         EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes, eval_freq=max(cfg.eval_every // cfg.n_envs, 1),
@@ -94,6 +96,7 @@ def train(cfg: DictConfig) -> dict:
     envs.close()
     eval_env.close()
     evaluations = _evaluations(run_dir / "eval" / "evaluations.npz")
+    curve = plot_learning_curve(run_dir, f"{name} on {cfg.env} ({cfg.renderer})")
     summary = {
         "agent": name,
         "env": cfg.env,
@@ -103,6 +106,7 @@ def train(cfg: DictConfig) -> dict:
         "evaluations": evaluations,
         "model": str(run_dir / "model.zip"),
         "tensorboard": str(run_dir / "tensorboard"),
+        "learning_curve": str(curve) if curve else None,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -111,12 +115,53 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def _evaluations(path: Path) -> list[dict]:
-    """The EvalCallback's log: mean return and episode length at each evaluation."""
+def _evaluations(path: Path, spread: bool = False) -> list[dict]:
+    """The EvalCallback's log: mean return (and its standard deviation with ``spread``) and
+    episode length at each evaluation."""
     import numpy as np
 
     if not path.is_file():
         return []
     log = np.load(path)
-    return [{"timesteps": int(t), "mean_return": round(float(r.mean()), 2), "mean_length": float(n.mean())}
+    return [{"timesteps": int(t), "mean_return": round(float(r.mean()), 2), "mean_length": float(n.mean()),
+             **({"std_return": float(r.std())} if spread else {})}
             for t, r, n in zip(log["timesteps"], log["results"], log["ep_lengths"])]
+
+
+def plot_learning_curve(run_dir: Path, title: str) -> Path | None:
+    """``run_dir/learning_curve.png``: the evaluations' mean return (with its spread) and the
+    training episodes' route completion and driving score (mean of 20) against env steps.
+    None when no episode has finished yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    evaluations = _evaluations(run_dir / "eval" / "evaluations.npz", spread=True)
+    lines = (run_dir / "episodes.jsonl").read_text().splitlines() if (run_dir / "episodes.jsonl").is_file() else []
+    episodes = [json.loads(line) for line in lines]
+    if not evaluations and not episodes:
+        return None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if evaluations:
+        steps = np.array([e["timesteps"] for e in evaluations])
+        mean = np.array([e["mean_return"] for e in evaluations])
+        spread = np.array([e["std_return"] for e in evaluations])
+        left.plot(steps, mean, "o-", color="tab:blue")
+        left.fill_between(steps, mean - spread, mean + spread, color="tab:blue", alpha=0.2)
+    left.set(xlabel="env steps", ylabel="evaluation return", title="evaluation (other seeds)")
+    if episodes:
+        steps = np.array([e["timesteps"] for e in episodes])
+        window = min(20, len(episodes))
+        for key, colour in (("route_completion", "tab:green"), ("driving_score", "tab:orange")):
+            values = np.convolve([e[key] for e in episodes], np.ones(window) / window, mode="valid")
+            right.plot(steps[window - 1:], values, color=colour, label=key.replace("_", " "))
+        right.legend()
+    right.set(xlabel="env steps", ylabel="% (mean of 20 episodes)", title="training episodes", ylim=(0, 100))
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = run_dir / "learning_curve.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

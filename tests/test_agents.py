@@ -256,6 +256,12 @@ def test_train_ppo_in_a_subprocess_as_a_user_runs_it(tmp_path, bend_map):
     assert (tmp_path / "checkpoints" / "ppo_32_steps.zip").is_file()
     assert list((tmp_path / "tensorboard").glob("ppo_1/events.out.tfevents.*"))
     assert checkpoint_algorithm(tmp_path / "model.zip") == "ppo"
+    # Every finished training episode is logged (30-step episodes: at least 2 in 64 steps) and plotted.
+    episodes = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) >= 2 and all(0 < e["length"] <= 30 and 0 <= e["route_completion"] <= 100 for e in episodes)
+    assert [e["timesteps"] for e in episodes] == sorted(e["timesteps"] for e in episodes)
+    assert summary["learning_curve"] == str(tmp_path / "learning_curve.png")
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
 
 
 def test_train_sac_resumes_with_its_replay_buffer_and_evaluates(tmp_path, bend_map):

@@ -12,8 +12,10 @@ from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.road_map import RoadMap
 from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
-from world_model.tiny_backbone import TinyAutoencoder, TinyGenerator
-from world_model.training import StageConfig, reconstruction_psnr, train_autoencoder, train_generator
+from world_model.camera import relative_motion
+from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+from world_model.training import (StageConfig, encode_clips, reconstruction_psnr, rollout_batch, train_autoencoder,
+                                  train_generator)
 
 SIZE = 32
 
@@ -69,6 +71,51 @@ def test_stages_learn_checkpoint_and_resume(clips, tmp_path):
                     tmp_path)
     resumed = json.loads((tmp_path / "generator_log.json").read_text())
     assert [entry["step"] for entry in resumed] == [10, 20, 30]
+
+
+def test_rollout_batches_condition_on_generated_frames(clips):
+    """A one-step rollout conditions on the true start frame; a longer one on what the model
+    itself generated on the way, as the env does, with the truth as target."""
+    autoencoder, generator = tiny_models()
+    backbone = TinyBackbone(autoencoder, generator)
+    encoded = encode_clips(autoencoder, clips)
+
+    def batch(steps):
+        return rollout_batch(clips, encoded, backbone, 3, torch.Generator().manual_seed(7), steps)
+
+    def draws(steps):  # the rollout's clips and start frames, drawn as rollout_batch draws them
+        sampler = torch.Generator().manual_seed(7)
+        return torch.randint(0, 2, (3,), generator=sampler), torch.randint(0, 6 - steps, (3,), generator=sampler)
+
+    conditioning, target, images = batch(1)
+    clip, start = draws(1)
+    assert torch.allclose(conditioning.context[:, -1], encoded["latents"][clip, start].float(), atol=1e-2)
+    assert torch.allclose(target, encoded["latents"][clip, start + 1].float())
+    assert torch.equal(images, clips["rgb"][clip, start + 1].permute(0, 3, 1, 2).float() / 255)
+    poses = clips["cam_to_world"]
+    assert torch.allclose(conditioning.motion, relative_motion(poses[clip, start], poses[clip, start + 1]))
+    assert conditioning.memory.valid.any()  # the start frame was written into the cache
+
+    conditioning, target, _ = batch(4)
+    clip, start = draws(4)
+    truth = encoded["latents"][clip, start + 3].float()
+    assert (conditioning.context[:, -1] - truth).abs().mean() > 0.1  # the untrained model's frame, not the truth
+    assert torch.allclose(target, encoded["latents"][clip, start + 4].float())
+    assert torch.allclose(conditioning.motion, relative_motion(poses[clip, start + 3], poses[clip, start + 4]))
+    with pytest.raises(ValueError, match="rollout steps"):
+        batch(6)
+
+
+def test_generator_learns_from_rollouts(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    config = StageConfig(steps=6, batch_size=2, rollout_start=2, rollout_probability=1.0, rollout_steps=4,
+                         checkpoint_every=3, log_every=3)
+    before = [p.detach().clone() for p in generator.parameters()]
+    train_generator(autoencoder, generator, clips, config, tmp_path, validation=clips)
+    log = json.loads((tmp_path / "generator_log.json").read_text())
+    assert [entry["step"] for entry in log] == [3, 6]
+    assert all(np.isfinite(entry["val_psnr_rollout"]) for entry in log)
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
 
 
 def test_train_world_model_command_smoke(tmp_path):

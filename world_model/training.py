@@ -16,7 +16,9 @@ Two stages, each resumable from its last checkpoint:
     target's latents from that read, the previous frame's latents, the camera motion and the
     road layout, with an L1 loss plus a hinge adversarial loss from a discriminator on latent
     maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
-    sharp frames).
+    sharp frames). From ``rollout_start`` on, a share of the batches come from the model's own
+    rollouts instead (:func:`rollout_batch`): memory and context are then its own generated
+    frames, as in the env, so it learns to correct its drift instead of compounding it.
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
 same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
@@ -40,7 +42,8 @@ from world_model.camera import relative_motion
 from world_model.latent_cache import LatentCache, LatentCacheConfig
 from world_model.memory import MemoryFrame, token_depth
 from world_model.metrics import psnr
-from world_model.tiny_backbone import TinyAutoencoder, TinyGenerator
+from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+from world_model.world_model import WorldModel
 
 
 @dataclass
@@ -56,6 +59,9 @@ class StageConfig:
     checkpoint_every: int = 200  # [steps]
     log_every: int = 20  # [steps]
     seed: int = 0
+    rollout_start: int | None = None  # [steps] generator only: learn from its own rollouts from here (None: never)
+    rollout_probability: float = 0.5  # share of those batches that are rollouts
+    rollout_steps: int = 8  # [frames] longest rollout before the target
 
 
 class PatchDiscriminator(nn.Module):
@@ -337,6 +343,37 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
     return conditioning, torch.stack(targets), torch.stack(images)
 
 
+@torch.no_grad()
+def rollout_batch(clips: dict, encoded: dict, backbone: TinyBackbone, batch_size: int, generator: torch.Generator,
+                  steps: int):
+    """A generator batch from the model's own rollouts, as in the env: each sample's world model
+    starts from a clip frame (ground-truth depth for half the batches, the depth head's for
+    the others) and generates ``steps - 1`` frames along the clip's poses, writing them into
+    its cache; the batch is the conditioning for the next pose, with the true latents and
+    image there. Learning to pull these back to the truth is what keeps long rollouts from
+    drifting (exposure bias). Returns what :func:`generator_batch` returns."""
+    count, length = clips["rgb"].shape[:2]
+    if not 1 <= steps < length:
+        raise ValueError(f"rollout steps must be in [1, {length - 1}] for clips of {length} frames, got {steps}")
+    clip = torch.randint(0, count, (batch_size,), generator=generator)
+    start = torch.randint(0, length - steps, (batch_size,), generator=generator)
+    K = clips["K"][None].expand(batch_size, 3, 3)
+    layout = clips["layout"].float() / 255
+    world = WorldModel(backbone, batch_size)
+    depth = clips["depth"][clip, start].float() if bool(torch.randint(0, 2, (1,), generator=generator)) else None
+    world.reset(clips["rgb"][clip, start], K, clips["cam_to_world"][clip, start], depth=depth)
+    for step in range(1, steps):
+        world.render(clips["cam_to_world"][clip, start + step], K, layout=layout[clip, start + step][:, None],
+                     generator=generator)
+    target = start + steps
+    conditioning = world.conditioning(clips["cam_to_world"][clip, target], K, layout=layout[clip, target])
+    images = clips["rgb"][clip, target].permute(0, 3, 1, 2).float() / 255
+    return conditioning, encoded["latents"][clip, target].float(), images
+
+
+VALIDATION_ROLLOUT = 16  # [frames] `val_psnr_rollout` is measured on the frame after 15 generated ones
+
+
 def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
                     out_dir: str | Path, validation: dict | None = None) -> TinyGenerator:
     """Train the one-step generator on ``clips`` with a frozen ``autoencoder`` (see the module doc)."""
@@ -352,12 +389,24 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     encoded = encode_clips(autoencoder, clips)
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
-    evaluate = lambda: {}  # noqa: E731
-    if validation is not None:
+    backbone = TinyBackbone(autoencoder, generator)  # the rollouts' renderer, sharing the trained weights
+    if validation is None:
+        evaluate = dict  # no validation data: no metrics
+    else:
         val_encoded = encode_clips(autoencoder, validation)
         val_batch = generator_batch(validation, val_encoded, 32, downsample, torch.Generator().manual_seed(1234),
                                     latent_noise=0.0)
-        evaluate = lambda: _generator_metrics(autoencoder, generator, val_batch)  # noqa: E731
+
+        def evaluate() -> dict[str, float]:
+            metrics = _generator_metrics(autoencoder, generator, val_batch)
+            # A frame after a run of generated ones, as in the env (same starts every time).
+            generator.eval()
+            steps = min(VALIDATION_ROLLOUT, validation["rgb"].shape[1] - 1)
+            conditioning, _, images = rollout_batch(validation, val_encoded, backbone, 32,
+                                                    torch.Generator().manual_seed(1234), steps)
+            metrics["val_psnr_rollout"] = _generated_psnr(autoencoder, generator, conditioning, images)
+            generator.train()
+            return metrics
 
     def critic_input(latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         return torch.cat([latents, conditioning.memory.valid.float(), conditioning.layout], dim=1)
@@ -366,7 +415,16 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     bar = tqdm(total=config.steps, initial=stage.step, desc="generator", unit="step")
     sums: dict = {}
     while stage.step < config.steps:
-        conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+        rollout = (config.rollout_start is not None and stage.step >= config.rollout_start
+                   and float(torch.rand(1, generator=sampler)) < config.rollout_probability)
+        if rollout:
+            generator.eval()
+            longest = min(config.rollout_steps, clips["rgb"].shape[1] - 1)
+            steps = int(torch.randint(1, longest + 1, (1,), generator=sampler))
+            conditioning, target, _ = rollout_batch(clips, encoded, backbone, config.batch_size, sampler, steps)
+            generator.train()
+        else:
+            conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
         noise = torch.randn(target.shape[0], cfg.noise_channels, *target.shape[-2:])
         prediction = generator(conditioning, noise)
         losses = {"l1": (prediction - target).abs().mean()}
@@ -400,9 +458,7 @@ def _generator_metrics(autoencoder: TinyAutoencoder, generator: TinyGenerator, b
     the memory covered, beside repeating the previous frame (decoded context)."""
     conditioning, _, images = batch
     generator.eval()
-    noise = torch.randn(images.shape[0], generator.config.noise_channels, *conditioning.memory.latents.shape[-2:],
-                        generator=torch.Generator().manual_seed(0))
-    frames = autoencoder.decode(generator(conditioning, noise))
+    frames = _generated(autoencoder, generator, conditioning)
     generator.train()
     covered = F.interpolate(conditioning.memory.valid.float(), size=images.shape[-2:], mode="nearest") > 0
     previous = autoencoder.decode(conditioning.context[:, -1])
@@ -411,3 +467,16 @@ def _generator_metrics(autoencoder: TinyAutoencoder, generator: TinyGenerator, b
         "val_psnr_covered": float(psnr(frames, images, covered).nanmean()),
         "val_psnr_repeat_previous": float(psnr(previous, images).mean()),
     }
+
+
+@torch.no_grad()
+def _generated(autoencoder: TinyAutoencoder, generator: TinyGenerator, conditioning: Conditioning) -> torch.Tensor:
+    """Decoded frames the generator makes from ``conditioning`` with fixed noise."""
+    noise = torch.randn(conditioning.memory.latents.shape[0], generator.config.noise_channels,
+                        *conditioning.memory.latents.shape[-2:], generator=torch.Generator().manual_seed(0))
+    return autoencoder.decode(generator(conditioning, noise))
+
+
+def _generated_psnr(autoencoder: TinyAutoencoder, generator: TinyGenerator, conditioning: Conditioning,
+                    images: torch.Tensor) -> float:
+    return float(psnr(_generated(autoencoder, generator, conditioning), images).mean())

@@ -164,14 +164,8 @@ class WorldModel:
         batch, steps = poses.shape[:2]
         flat_poses = poses.reshape(-1, 4, 4)
         flat_K = K.repeat_interleave(steps, dim=0)
-        read = self._read(flat_poses, flat_K, ids.repeat_interleave(steps))
-        motion = relative_motion(self.context_pose[ids].repeat_interleave(steps, dim=0), flat_poses)
-        conditioning = Conditioning(
-            memory=read,
-            context=self.context[ids],
-            motion=motion,
-            layout=None if layout is None else layout.reshape(-1, *layout.shape[2:]).to(self.device),
-        )
+        conditioning = self._conditioning(flat_poses, flat_K, layout, ids, steps)
+        read = conditioning.memory
         latents = self.backbone.generate(conditioning, generator)
         images = self.backbone.decode(latents)
         token_depth = self._write(
@@ -188,6 +182,30 @@ class WorldModel:
         grid = latents.shape[-2:]
         return (rgb.view(batch, steps, *rgb.shape[1:]), token_depth.view(batch, steps, 1, *grid),
                 read.valid.view(batch, steps, 1, *grid))
+
+    @torch.no_grad()
+    def conditioning(self, cam_to_world: torch.Tensor, K: torch.Tensor, layout: torch.Tensor | None = None,
+                     env_ids=None) -> Conditioning:
+        """What the backbone would be given to generate the next frame of environments
+        ``env_ids`` at poses ``cam_to_world`` (B, 4, 4): the memory read, the context frames,
+        the motion since the latest of them and the ``layout`` (B, L, h, w). Nothing changes
+        state; training uses it to learn from the model's own rollouts."""
+        check_intrinsics(K, cam_to_world.shape[0])
+        check_poses(cam_to_world)
+        ids = self._env_ids(env_ids, cam_to_world.shape[0])
+        if not self.started[ids.cpu()].all():
+            raise RuntimeError(f"reset environments {ids[~self.started[ids.cpu()]].tolist()} first")
+        return self._conditioning(cam_to_world.to(self.device, torch.float32), K.to(self.device, torch.float32),
+                                  None if layout is None else layout[:, None], ids, 1)
+
+    def _conditioning(self, flat_poses, flat_K, layout, ids, steps: int) -> Conditioning:
+        """Conditioning of ``steps`` consecutive poses per environment (flattened B * steps)."""
+        return Conditioning(
+            memory=self._read(flat_poses, flat_K, ids.repeat_interleave(steps)),
+            context=self.context[ids],
+            motion=relative_motion(self.context_pose[ids].repeat_interleave(steps, dim=0), flat_poses),
+            layout=None if layout is None else layout.reshape(-1, *layout.shape[2:]).to(self.device),
+        )
 
     # ------------------------------------------------------------------ memory
     def _read(self, poses: torch.Tensor, K: torch.Tensor, ids: torch.Tensor) -> MemoryRead:
