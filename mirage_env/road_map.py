@@ -202,6 +202,12 @@ class RoadMap:
         lo, hi = self.node_xy.min(0), self.node_xy.max(0)
         return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
+    def distance_to_lanes(self, xy) -> float:
+        """Distance [m] from ``xy`` [m] to the nearest driving-lane centre sample (samples are
+        ``GRAPH_SPACING_M`` apart along each lane)."""
+        distance, _ = self._kdtree.query(np.asarray(xy, dtype=np.float64)[:2])
+        return float(distance)
+
     def nearest_node(self, xy, yaw: float | None = None, max_heading_error: float = math.pi / 2) -> int:
         """Index of the lane node closest to ``xy`` [m]; with ``yaw`` [rad], only nodes whose
         direction of travel is within ``max_heading_error`` [rad] of it."""

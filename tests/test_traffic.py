@@ -66,9 +66,16 @@ def test_traffic_frames_and_labels_agree_and_repeat_with_the_seed():
             assert uv[0, :, 1].min() - 1 <= y0 and y1 <= uv[0, :, 1].max() + 1
         assert np.allclose(np.array(label["box_3d_camera"])[:, 2], depth[0].numpy(), atol=1e-3)
     assert shown > 0
-    if not any(label["box_2d"] for label in info_again["labels"]):
-        # At reset nothing showed: the first frames of both envs are the same picture.
-        assert np.array_equal(again["rgb"], bare["rgb"])
+    # The first frame differs from the one without traffic only where assets show (drawn over
+    # the scene) and around them, where their contact shadows darken it: nowhere when none shows.
+    at_reset = info_again["instance_mask"] >= 0
+    assert at_reset.any() == any(label["box_2d"] for label in info_again["labels"])
+    changed = (again["rgb"] != bare["rgb"]).any(-1)
+    assert changed.any() == at_reset.any()
+    if at_reset.any():
+        assert changed[at_reset].mean() > 0.9
+        darker = (again["rgb"].astype(int) <= bare["rgb"].astype(int)).all(-1)
+        assert darker[changed & ~at_reset].all()
 
 
 def test_collisions_with_traffic_are_leaderboard_infractions():
@@ -178,10 +185,58 @@ def test_bad_traffic_settings_raise_clear_errors(tiny_world_model):
     start = np.zeros((32, 32, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="road map"):
         world.reset(seed=0, options={"start_image": start, "start_depth": np.full((32, 32), 5.0)})
-    town = RoadMap.town01()
     with pytest.raises(ValueError, match="off the map"):
-        check_on_map(town, (1.0e5, 0.0), "car")
-    check_on_map(town, town.spawn_points()[0, :2], "car")
+        check_on_map(RoadMap.town01(), (1.0e5, 0.0), "car")
+
+
+def test_check_on_map_measures_the_distance_to_the_lanes(town01):
+    check_on_map(town01, town01.spawn_points()[0, :2], "car")
+    xmin, ymin, xmax, ymax = town01.bounds
+    inside_bounds = (180.0, -260.0)  # in a Town01 block, about 60 m from every lane
+    assert xmin < inside_bounds[0] < xmax and ymin < inside_bounds[1] < ymax
+    with pytest.raises(ValueError, match=r"off the map 'Town01': the nearest lane is 6\d\.\d m away"):
+        check_on_map(town01, inside_bounds, "car")
+    check_on_map(town01, inside_bounds, "car", margin_m=70.0)
+
+
+def test_traffic_frames_label_the_drawn_residual_and_restart_the_refiner_after_a_frame_without_assets():
+    from types import SimpleNamespace
+
+    from editors import AssetInstance, AssetRefiner, make_asset
+    from mirage_env.envs.traffic import TrafficFrames
+    from world_model.camera import camera_pose, camera_rays, intrinsics_from_fov
+
+    height, width = 48, 64
+    K = intrinsics_from_fov(60, width, height)
+    pose = camera_pose(torch.tensor([[0.0, -1.75, 1.6]]), torch.tensor([0.0]), torch.tensor([-0.1]))[0]
+    origins, directions = camera_rays(K[None], pose[None], height, width)
+    t = -origins[0, 2] / directions[0, ..., 2]
+    depth = torch.where((directions[0, ..., 2] < 0) & (t > 0), t, torch.zeros_like(t))[None]  # ground z = 0
+    rgb = torch.full((height, width, 3), 120, dtype=torch.uint8)
+    torch.manual_seed(0)
+    refiner, previous = AssetRefiner(channels=(8, 16), detail_channels=8, norm_groups=4), []
+
+    def spy(frame, mask, state):
+        previous.append(state)
+        return refiner(frame, mask, state)
+
+    frames = TrafficFrames(SimpleNamespace(height=height, width=width, reset=lambda *args: None), spy)
+    frames.reset(0, None, None)
+    car = make_asset("car", seed=1)
+
+    def show(z: float = 0.0, x: float = 12.0) -> dict:
+        frames.set_assets(0, [AssetInstance(car, 3, torch.tensor([[x, -1.75, z, 0.0]]))])
+        frames.insert(0, rgb, depth, K, pose)
+        return frames.labels[0][0]
+
+    assert show()["alignment_residual_px"] < 0.05 and previous[-1] is None  # on the ground: nothing to shift
+    # Floating 0.5 m up, the car is drawn where it is: the label reports its disagreement with
+    # the ground, not what is left after a shift the env never applies.
+    assert show(z=0.5)["alignment_residual_px"] > 1.0 and previous[-1] is not None
+    behind = show(x=-30.0)  # out of view: no refinement, and the stream's state is dropped
+    assert behind["box_2d"] is None and len(previous) == 2
+    show()
+    assert len(previous) == 3 and previous[-1] is None
 
 
 def test_refined_traffic_frames_differ_only_around_assets():

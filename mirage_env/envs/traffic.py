@@ -50,12 +50,15 @@ def ground_class(scene: Scene, xy: np.ndarray) -> np.ndarray:
 
 
 def check_on_map(road_map: RoadMap, xy, what: str = "asset", margin_m: float = 30.0) -> None:
-    """Raise ``ValueError`` when ``xy`` [m] lies off the map: beyond ``margin_m`` of its lanes."""
+    """Raise ``ValueError`` when ``xy`` [m] lies off the map: farther than ``margin_m`` [m] from
+    every driving-lane centre."""
     x, y = float(xy[0]), float(xy[1])
-    xmin, ymin, xmax, ymax = road_map.bounds
-    if not (xmin - margin_m <= x <= xmax + margin_m and ymin - margin_m <= y <= ymax + margin_m):
-        raise ValueError(f"{what} at ({x:.1f}, {y:.1f}) m is off the map {road_map.name!r}, whose lanes span "
-                         f"x {xmin:.0f}..{xmax:.0f}, y {ymin:.0f}..{ymax:.0f} m; place it on the road")
+    distance = road_map.distance_to_lanes((x, y))
+    if not distance <= margin_m:
+        xmin, ymin, xmax, ymax = road_map.bounds
+        raise ValueError(f"{what} at ({x:.1f}, {y:.1f}) m is off the map {road_map.name!r}: the nearest lane is "
+                         f"{distance:.1f} m away (more than {margin_m:.0f} m; the lanes span x {xmin:.0f}..{xmax:.0f}, "
+                         f"y {ymin:.0f}..{ymax:.0f} m); place it on or beside a road")
 
 
 def pedestrian_path(scene: Scene, x: float, y: float, yaw: float) -> np.ndarray | None:
@@ -196,7 +199,10 @@ def collision_names(traffic: Traffic, centre: np.ndarray, half: np.ndarray, yaw:
 
 
 def label_dict(label, residual_px: float | None) -> dict[str, Any]:
-    """An :class:`editors.AssetLabel` as plain values for ``info`` and JSON."""
+    """An :class:`editors.AssetLabel` as plain values for ``info`` and JSON. ``residual_px``:
+    the ground-contact disagreement [px] of the asset where it is drawn
+    (:attr:`editors.Refinement.initial_residual_px` of its placement: no shift is applied after
+    it), None where no contact point lands on depth."""
     return {
         "class": label.kind,
         "track_id": label.track_id,
@@ -216,7 +222,7 @@ class TrafficFrames:
     ``labels[slot]`` holds one :func:`label_dict` per asset and ``instance_masks[slot]`` the
     (H, W) int16 track id per pixel (-1 where none). ``refiner``: an
     :class:`~editors.refiner.AssetRefiner` run on every frame with assets in view (its temporal
-    state kept per slot), or None for the composite alone.
+    state kept per slot and dropped on a frame with none in view), or None for the composite alone.
     """
 
     def __init__(self, inner: FrameSource, refiner: AssetRefiner | None = None):
@@ -249,13 +255,16 @@ class TrafficFrames:
             with torch.no_grad():
                 refined = self.refiner(out.rgb, mask, self._states.get(slot))
             result, self._states[slot] = refined.rgb, refined.state
+        else:  # nothing in view: the stream restarts when an asset (re)appears, not from a stale frame
+            self._states[slot] = None
         labels = []
         for instance, label in zip(instances, out.labels[0]):
             residual = None
             if label.box_2d is not None:
                 x, y, z, yaw = instance.poses[0].tolist()
                 try:
-                    residual = refine_placement(instance.asset, Placement(x, y, z, yaw), depth, K, pose).residual_px
+                    residual = refine_placement(instance.asset, Placement(x, y, z, yaw), depth, K,
+                                                pose).initial_residual_px
                 except ValueError:  # ground contact out of view or over sky: nothing to measure
                     residual = None
             labels.append(label_dict(label, residual))
