@@ -107,11 +107,19 @@ class Asset:
         """An asset from the parametric spec in the module docstring."""
         if "kind" not in spec or "boxes" not in spec:
             raise ValueError(f"an asset spec needs 'kind' and 'boxes', got keys {sorted(spec)}")
-        boxes = tuple(
-            AssetBox(tuple(b["centre"]), tuple(b["size"]), tuple(b["colour"]), b.get("part", "body"))
-            for b in spec["boxes"]
-        )
-        return cls(spec["kind"], boxes)
+        boxes = []
+        for i, box in enumerate(spec["boxes"]):
+            if not isinstance(box, dict):
+                raise ValueError(f"box {i} of {spec['kind']!r} must be a dict with centre, size and colour, "
+                                 f"got {box!r}")
+            missing = [key for key in ("centre", "size", "colour") if key not in box]
+            if missing:
+                raise ValueError(f"box {i} ({box.get('part', 'body')}) of {spec['kind']!r} is missing "
+                                 f"{', '.join(missing)}; every box needs centre, size and colour "
+                                 "(see editors/assets.py)")
+            boxes.append(AssetBox(tuple(box["centre"]), tuple(box["size"]), tuple(box["colour"]),
+                                  box.get("part", "body")))
+        return cls(spec["kind"], tuple(boxes))
 
     @classmethod
     def from_mesh(cls, mesh, kind: str, colour=None, scale: float = 1.0, up: str = "z",
@@ -150,8 +158,8 @@ class Asset:
         if not np.isfinite(extent).all() or extent.max() <= 0:
             raise ValueError(f"mesh {source!r} has no extent (all vertices coincide or are not finite)")
         pitch = float(pitch_m) if pitch_m is not None else float(extent.max()) / 24
-        if pitch <= 0:
-            raise ValueError(f"`pitch_m` must be > 0, got {pitch_m}")
+        if not (np.isfinite(pitch) and pitch > 0):
+            raise ValueError(f"`pitch_m` must be a finite voxel size > 0 m, got {pitch_m}")
         grid = mesh.voxelized(pitch)
         try:
             grid = grid.fill()  # solid interior for closed meshes; open meshes keep their shell

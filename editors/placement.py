@@ -3,11 +3,14 @@
 Coarse 3D (:func:`place_on_ground`)
     The caller picks a map location and the lane's yaw (from the road map). The asset's origin
     (its ground contact centre) goes there; its height is the ground height seen by the frame's
-    depth map under the asset's footprint: footprint sample points are projected into the frame,
-    the depth pixels they fall on are unprojected to world points, and the median height of
-    those points wins (robust to a few pixels of other things inside the footprint). A
-    footprint entirely outside the view falls back to z = 0; a footprint in view with no depth
-    under it (sky, off the map) is an error.
+    depth map under the asset's footprint: footprint sample points (on the plane z = 0) are
+    projected into the frame and the depth pixels they fall on are unprojected to world points.
+    Only points whose world ``x, y`` lie inside the footprint rectangle (at the asset's yaw,
+    grown by the stretch of ground one pixel spans there) are the ground under the asset; points
+    of something in front of it (a building, a car) land elsewhere and are dropped. The median
+    height of the kept points wins. A footprint entirely outside the view falls back to z = 0;
+    a footprint in view with no kept point (sky, off the map, hidden) is an error. Ground far
+    above or below z = 0 shifts the points along the view and may leave few of them inside.
 Fine 2D (:func:`refine_placement`)
     The asset's ground-contact points are projected into the frame. Where the asset rests on the
     scene's ground, each contact point's depth equals the depth map's at its pixel. Inverse depth
@@ -82,7 +85,7 @@ def place_on_ground(asset: Asset, x: float, y: float, yaw: float, depth: torch.T
     """Coarse 3D placement (see the module doc) of ``asset`` at map location ``(x, y)`` [m] facing
     ``yaw`` [rad], for one frame: ``depth`` (1, 1, H, W) [m], ``K`` (1, 3, 3), ``cam_to_world``
     (1, 4, 4). Raises ``ValueError`` where the footprint is in view but the depth map has no
-    surface under it."""
+    surface under it (no unprojected depth point inside the footprint)."""
     _check_frame(depth, K, cam_to_world)
     flat = Placement(float(x), float(y), 0.0, float(yaw))
     points = torch.as_tensor(flat.to_world(footprint_points(asset)), dtype=torch.float32)[None]
@@ -93,12 +96,38 @@ def place_on_ground(asset: Asset, x: float, y: float, yaw: float, depth: torch.T
     if not in_view.any():
         return flat  # nothing in the frame to measure: the map's ground, z = 0
     pixel_depth = depth[0, 0, row[in_view], col[in_view]]
-    if not (pixel_depth > 0).any():
-        raise ValueError(f"cannot place the {asset.kind} at ({x:.2f}, {y:.2f}): the depth map has no surface under "
-                         "its footprint (sky or off the map); pick a location on the road")
     world = unproject_depth(depth, K, cam_to_world)[0, row[in_view], col[in_view]]
-    ground_z = world[pixel_depth > 0, 2].median()
+    # The points in the asset's frame; a pixel centre is up to half a pixel from its sample.
+    c, s = np.cos(flat.yaw), np.sin(flat.yaw)
+    dx, dy = world[:, 0] - flat.x, world[:, 1] - flat.y
+    local = torch.stack([c * dx + s * dy, -s * dx + c * dy], dim=1)
+    slack = _pixel_ground_extent(uv[0, in_view], K, cam_to_world)[:, None]
+    lower = torch.as_tensor(asset.lower[:2], dtype=torch.float32)
+    upper = torch.as_tensor(asset.upper[:2], dtype=torch.float32)
+    on_footprint = (pixel_depth > 0) & ((local >= lower - slack) & (local <= upper + slack)).all(dim=1)
+    if not on_footprint.any():
+        raise ValueError(f"cannot place the {asset.kind} at ({x:.2f}, {y:.2f}): the depth map has no surface under "
+                         "its footprint (sky, off the map, or hidden by something in front of it); pick a location "
+                         "on the road in view")
+    ground_z = world[on_footprint, 2].median()
     return Placement(flat.x, flat.y, float(ground_z), flat.yaw)
+
+
+def _pixel_ground_extent(uv: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
+    """(N,) how far [m] on the ground plane z = 0 a point of the pixel around ``uv`` (N, 2) can
+    be from the point at ``uv``: the largest ground distance to the rays through ``uv +- 0.5``
+    px (inf where such a ray misses the ground, at the horizon)."""
+    corners = torch.tensor([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5], [0.0, 0.0]])
+    points = uv[:, None, :] + corners  # (N, 5, 2)
+    fx, fy, cx, cy = K[0, 0, 0], K[0, 1, 1], K[0, 0, 2], K[0, 1, 2]
+    camera = torch.stack([(points[..., 0] - cx) / fx, (points[..., 1] - cy) / fy, torch.ones_like(points[..., 0])], -1)
+    directions = camera @ cam_to_world[0, :3, :3].T
+    origin = cam_to_world[0, :3, 3]
+    t = -origin[2] / directions[..., 2]
+    hits = origin[:2] + t[..., None] * directions[..., :2]
+    reach = (hits[:, :4] - hits[:, 4:]).norm(dim=-1).amax(dim=1)
+    hits_ground = ((directions[..., 2] < 0) & (t > 0)).all(dim=1)
+    return torch.where(hits_ground, reach, torch.full_like(reach, float("inf")))
 
 
 def contact_points(asset: Asset) -> np.ndarray:

@@ -163,6 +163,33 @@ def test_coarse_placement_reads_the_ground_height_from_depth():
     assert np.allclose(points.min(0)[:2], car.lower[:2]) and np.allclose(points[:, 2], 0.0)
 
 
+def test_coarse_placement_ignores_what_stands_in_front_of_the_footprint():
+    K, pose = camera()
+    car = make_asset("car", seed=0)
+    depth = plane_depth(K, pose, ground_z=0.0)
+    samples = footprint_points(car)
+    uv, _ = project_points(torch.as_tensor(Placement(10.0, -1.75, 0.0, 0.0).to_world(samples),
+                                           dtype=torch.float32)[None], K, pose)
+    pixels = uv[0].floor().long().tolist()
+    far_end = samples[:, 0] > samples[:, 0].max() - 1e-6  # the footprint's row of samples farthest away
+    # Something 4 m from the camera (a parked van, a wall) shows at every footprint pixel but
+    # those of its far end: most depth points there are its own, well above the road.
+    hidden = depth.clone()
+    for u, v in pixels:
+        hidden[0, 0, v, u] = 4.0
+    for (u, v), far in zip(pixels, far_end):
+        if far:
+            hidden[0, 0, v, u] = depth[0, 0, v, u]
+    assert (hidden != depth).sum() > 2 * far_end.sum()
+    assert place_on_ground(car, 10.0, -1.75, 0.0, hidden, K, pose).z == pytest.approx(0.0, abs=0.02)
+    for u, v in pixels:
+        hidden[0, 0, v, u] = 4.0
+    with pytest.raises(ValueError, match="no surface under its footprint"):
+        place_on_ground(car, 10.0, -1.75, 0.0, hidden, K, pose)
+    # A small footprint far away covers few pixels, each a long stretch of road: still on it.
+    assert place_on_ground(make_asset("pedestrian"), 30.0, -1.75, 0.3, depth, K, pose).z == pytest.approx(0, abs=1e-3)
+
+
 def test_fine_alignment_residual_is_zero_when_right_and_grows_when_wrong():
     K, pose = camera()
     car = make_asset("suv", seed=3)
@@ -251,6 +278,11 @@ def test_assets_vary_by_seed_with_real_dimensions():
     ({"kind": "car", "boxes": [{"centre": [0, 0, 1], "size": [4, np.nan, 2], "colour": [1, 1, 1]}]}, "finite"),
     ({"kind": "car", "boxes": [{"centre": [0, 0, 2], "size": [4, 2, 2], "colour": [1, 1, 1]}]}, "rest on the ground"),
     ({"kind": "car", "boxes": []}, "no boxes"),
+    ({"kind": "car", "boxes": [{"centre": [0, 0, 1], "part": "roof"}]},
+     r"box 0 \(roof\) of 'car' is missing size, colour"),
+    ({"kind": "car", "boxes": [{"centre": [0, 0, 1], "size": [4, 2, 2], "colour": [1, 1, 1]}, {"size": [1, 1, 1]}]},
+     r"box 1 \(body\) of 'car' is missing centre, colour"),
+    ({"kind": "car", "boxes": [[0, 0, 1]]}, "box 0 of 'car' must be a dict"),
     ({"boxes": []}, "needs 'kind'"),
 ])
 def test_bad_assets_raise_clear_errors(spec, message):

@@ -162,6 +162,9 @@ def test_bad_mesh_assets_raise_clear_errors(tmp_path):
         Asset.from_mesh(box, "tank")
     with pytest.raises(ValueError, match="`scale` must be > 0"):
         Asset.from_mesh(box, "car", scale=-1.0)
+    for pitch in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`pitch_m` must be a finite voxel size > 0 m"):
+            Asset.from_mesh(box, "car", pitch_m=pitch)
     path = tmp_path / "car.stl"
     box.export(path)
     with pytest.raises(ValueError, match="needs its class"):
