@@ -88,8 +88,16 @@ def test_labels_project_onto_their_2d_boxes(street):
         assert label.kind == instance.asset.kind and label.track_id == instance.track_id
         uv, depth = project_points(torch.as_tensor(label.corners_world, dtype=torch.float32)[None], K, pose)
         assert (depth > 0).all()
-        # Camera-frame corners are the world corners seen by this camera.
-        assert np.allclose(label.corners_camera[:, 2], depth[0].numpy(), atol=1e-4)
+        # Camera-frame corners are the world corners seen by this camera (x right, y down, z
+        # forward): their depth is the projection's, x and y put them on their pixels, and the
+        # camera's pose takes them back to the world corners.
+        camera_corners = label.corners_camera
+        assert np.allclose(camera_corners[:, 2], depth[0].numpy(), atol=1e-4)
+        fx, fy, cx, cy = K[0, 0, 0].item(), K[0, 1, 1].item(), K[0, 0, 2].item(), K[0, 1, 2].item()
+        assert np.allclose(camera_corners[:, 0], (uv[0, :, 0].numpy() - cx) / fx * camera_corners[:, 2], atol=1e-4)
+        assert np.allclose(camera_corners[:, 1], (uv[0, :, 1].numpy() - cy) / fy * camera_corners[:, 2], atol=1e-4)
+        to_world = pose[0].double().numpy()
+        assert np.allclose(camera_corners @ to_world[:3, :3].T + to_world[:3, 3], label.corners_world, atol=1e-4)
         u0, v0 = uv[0].min(0).values.tolist()
         u1, v1 = uv[0].max(0).values.tolist()
         x0, y0, x1, y1 = label.box_2d
