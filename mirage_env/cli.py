@@ -299,9 +299,16 @@ def edit(cfg: DictConfig) -> dict:
     edited clip as mp4 with per-frame labels (2D/3D boxes, masks, occlusion, track ids)."""
     from editors.refiner import load_refiner
     from mirage_env.editor_data import clip_tracks, demo_clip, edit_clip, load_clip, map_spec, save_clip
+    from mirage_env.road_map import load_road_map
 
     started = time.perf_counter()
     out_dir = Path(cfg.out_dir)
+    if cfg.map:  # the user's map must load; only a clip's own map may be missing
+        try:
+            load_road_map(cfg.map)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"map={cfg.map!r} cannot be loaded ({error}); give town:<seed>, Town01 or the path "
+                              "of an .xodr file, or leave it null to use the clip's own map") from error
     if cfg.clip is None:
         trajectory, rgb, depth = demo_clip(cfg.demo.map, cfg.seed, cfg.demo.frames, cfg.demo.size, cfg.demo.fov_deg)
         clip_dir = save_clip(out_dir / "clip", trajectory, rgb, depth)
@@ -310,12 +317,11 @@ def edit(cfg: DictConfig) -> dict:
         clip_dir = Path(cfg.clip)
         trajectory, rgb, depth = load_clip(clip_dir)
         spec = cfg.map or map_spec(trajectory.map_name)
-        try:
-            from mirage_env.road_map import load_road_map
-
-            load_road_map(spec)
-        except (FileNotFoundError, ValueError):
-            spec = None  # a clip without a loadable map: explicit assets only
+        if not cfg.map:
+            try:
+                load_road_map(spec)
+            except (FileNotFoundError, ValueError):
+                spec = None  # a clip whose own map cannot be loaded: explicit assets only
     explicit = OmegaConf.to_container(cfg.assets, resolve=True) if cfg.assets else []
     assets, tracks = clip_tracks(trajectory, spec, cfg.seed, cfg.vehicles, cfg.pedestrians, explicit)
     refiner = load_refiner(cfg.refiner_path) if cfg.refine else None

@@ -171,7 +171,7 @@ def save_clip(directory: str | Path, trajectory, rgb: torch.Tensor, depth: torch
     """Write a clip folder: ``trajectory`` (:class:`~mirage_env.trajectory.Trajectory`) and its
     frames ``rgb`` (T, H, W, 3) uint8 with metric z-depth ``depth`` (T, 1, H, W) [m] (0: sky)."""
     directory = Path(directory)
-    _check_clip(rgb, depth, len(trajectory), f"clip for {directory}")
+    _check_clip(rgb, depth, trajectory, f"clip for {directory}")
     trajectory.save(directory / CLIP_TRAJECTORY_FILE)
     save_file({"rgb": rgb.contiguous(), "depth": depth.float().contiguous()}, str(directory / CLIP_FRAMES_FILE),
               metadata={"format": "mirage-clip-frames/1"})
@@ -194,18 +194,24 @@ def load_clip(directory: str | Path):
         raise ValueError(f"{directory / CLIP_FRAMES_FILE} is unreadable ({error})") from error
     if "rgb" not in frames or "depth" not in frames:
         raise ValueError(f"{directory / CLIP_FRAMES_FILE} must hold 'rgb' and 'depth', got {sorted(frames)}")
-    _check_clip(frames["rgb"], frames["depth"], len(trajectory), str(directory))
+    _check_clip(frames["rgb"], frames["depth"], trajectory, str(directory))
     return trajectory, frames["rgb"], frames["depth"].float()
 
 
-def _check_clip(rgb: torch.Tensor, depth: torch.Tensor, length: int, where: str) -> None:
+def _check_clip(rgb: torch.Tensor, depth: torch.Tensor, trajectory, where: str) -> None:
+    """Frames that fit ``trajectory``: one per pose, at the size of its camera (``mount``)."""
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != torch.uint8:
         raise ValueError(f"{where}: rgb must be (T, H, W, 3) uint8, got {tuple(rgb.shape)} {rgb.dtype}")
     if depth.shape != (rgb.shape[0], 1, *rgb.shape[1:3]):
         raise ValueError(f"{where}: depth must be (T, 1, H, W) = {(rgb.shape[0], 1, *rgb.shape[1:3])}, "
                          f"got {tuple(depth.shape)}")
-    if rgb.shape[0] != length:
-        raise ValueError(f"{where}: {rgb.shape[0]} frames but {length} trajectory poses")
+    if rgb.shape[0] != len(trajectory):
+        raise ValueError(f"{where}: {rgb.shape[0]} frames but {len(trajectory)} trajectory poses")
+    mount = trajectory.mount
+    if tuple(rgb.shape[1:3]) != (mount.height, mount.width):
+        raise ValueError(f"{where}: frames are {rgb.shape[2]}x{rgb.shape[1]} px (W x H) but the trajectory's camera "
+                         f"is {mount.width}x{mount.height} px, so its intrinsics do not fit them; save the "
+                         "trajectory with the camera (mount width/height, intrinsics) the frames were taken with")
 
 
 def map_spec(map_name: str) -> str:
@@ -251,48 +257,41 @@ class EditResult:
     seconds: dict[str, float]
 
 
+def _footprint(asset, x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """``asset``'s ground box at ``(x, y)`` [m] facing ``yaw`` [rad] as a
+    :meth:`editors.Traffic.step` obstacle: centre (2,) [m], half sizes (2,) [m], yaw [rad]."""
+    middle = (asset.lower + asset.upper)[:2] / 2
+    c, s = math.cos(yaw), math.sin(yaw)
+    centre = np.array([x + c * middle[0] - s * middle[1], y + s * middle[0] + c * middle[1]])
+    return centre, (asset.upper - asset.lower)[:2] / 2, float(yaw)
+
+
 def clip_tracks(trajectory, spec: str | None, seed: int, vehicles: int, pedestrians: int,
                 explicit: list[dict]) -> tuple[list, list[np.ndarray]]:
-    """Assets and their (T, 3) world tracks ``x, y, yaw`` over the clip's timestamps.
+    """Assets and their (T, 3) world tracks ``x, y, yaw`` over the clip's timestamps: the random
+    traffic first, then the ``explicit`` assets.
 
-    With a map (``spec``), ``vehicles`` and ``pedestrians`` come from
-    :func:`mirage_env.envs.traffic.make_traffic` around the ego's path (the ego's footprint is
-    an obstacle they keep their gap to). ``explicit`` assets are dicts with ``kind`` (or
-    ``file``: a .json spec or a mesh, with ``kind``), ``seed``, ``x``, ``y`` [m], ``yaw`` [rad]
-    and ``speed_mps`` (straight ahead); with a map they must be on it."""
+    ``explicit`` assets are dicts with ``kind`` (or ``file``: a .json spec or a mesh, with
+    ``kind``), ``seed``, ``x``, ``y`` [m], ``yaw`` [rad] and ``speed_mps`` (straight ahead);
+    with a map (``spec``) they must be on it, and one without ``yaw`` faces along the nearest
+    driving lane (coarse alignment with the lane; yaw 0 without a map). With a map,
+    ``vehicles`` and ``pedestrians`` come from :func:`mirage_env.envs.traffic.make_traffic`
+    around the ego's path; the ego's footprint and the explicit assets are obstacles the
+    vehicles keep their gap to (pedestrians walk their paths regardless)."""
     from editors.assets import load_asset
     from mirage_env.envs.traffic import check_on_map, make_traffic
     from mirage_env.road_map import Route
     from mirage_env.scenario import MapScenario
 
     times = np.asarray(trajectory.timestamps, dtype=float)
-    assets_out, tracks = [], []
-    road_map = None
+    road_map = map_assets = None
     if spec is not None and (vehicles or pedestrians or explicit):
         map_assets = load_map_assets(spec, seed)
         road_map = map_assets.road_map
-        if vehicles or pedestrians:
-            ego = np.asarray(trajectory.ego, dtype=float)
-            step = np.concatenate([[True], np.linalg.norm(np.diff(ego[:, :2], axis=0), axis=1) > 1e-3])
-            path = ego[step]
-            if len(path) < 2:  # a standing ego: a short stub ahead of it along its heading
-                path = np.stack([ego[0], ego[0] + [np.cos(ego[0, 2]), np.sin(ego[0, 2]), 0, 0]])
-            route = Route(path[:, :2].copy(), path[:, 2].copy(), np.zeros(len(path), bool), road_map.name)
-            traffic = make_traffic(MapScenario(map_assets, route), np.random.default_rng(seed), vehicles,
-                                   pedestrians, (ego[0, :2], float(ego[0, 2])), ahead_m=CLIP_TRAFFIC_AHEAD_M)
-            history = []
-            for t in range(len(times)):
-                history.append(traffic.poses())
-                if t + 1 < len(times):
-                    x, y, yaw = ego[t + 1, :3]
-                    traffic.step(max(times[t + 1] - times[t], 1e-3),
-                                 [((x + 1.4 * np.cos(yaw), y + 1.4 * np.sin(yaw)), (2.3, 0.95), yaw)])
-            history = np.stack(history)
-            assets_out += traffic.assets
-            tracks += [history[:, i] for i in range(len(traffic.assets))]
     elif vehicles or pedestrians:
         raise ValueError(f"the clip's map {trajectory.map_name!r} cannot be loaded, so random traffic has no lanes; "
                          "give `map=` (town:<seed>, Town01 or an .xodr) or place assets explicitly with `assets=`")
+    placed, placed_tracks = [], []
     for i, item in enumerate(explicit):
         item = dict(item)
         unknown = set(item) - {"kind", "file", "seed", "x", "y", "yaw", "speed_mps"}
@@ -305,14 +304,51 @@ def clip_tracks(trajectory, spec: str | None, seed: int, vehicles: int, pedestri
             asset = make_asset(item["kind"], seed=int(item.get("seed", i)))
         else:
             raise ValueError(f"asset {i}: give `kind` (one of the library's classes) or `file`")
+        x, y = float(item["x"]), float(item["y"])
         if road_map is not None:
-            check_on_map(road_map, (item["x"], item["y"]), f"asset {i} ({asset.kind})")
-        yaw, speed = float(item.get("yaw", 0.0)), float(item.get("speed_mps", 0.0))
+            check_on_map(road_map, (x, y), f"asset {i} ({asset.kind})")
+        if item.get("yaw") is not None:
+            yaw = float(item["yaw"])
+        elif road_map is not None:
+            yaw = lane_heading(road_map, (x, y))
+        else:
+            yaw = 0.0
+        speed = float(item.get("speed_mps", 0.0))
         travelled = speed * (times - times[0])
-        tracks.append(np.stack([item["x"] + travelled * np.cos(yaw), item["y"] + travelled * np.sin(yaw),
-                                np.full_like(times, yaw)], 1))
-        assets_out.append(asset)
-    return assets_out, tracks
+        placed_tracks.append(np.stack([x + travelled * np.cos(yaw), y + travelled * np.sin(yaw),
+                                       np.full_like(times, yaw)], 1))
+        placed.append(asset)
+    assets_out, tracks = [], []
+    if vehicles or pedestrians:
+        ego = np.asarray(trajectory.ego, dtype=float)
+        step = np.concatenate([[True], np.linalg.norm(np.diff(ego[:, :2], axis=0), axis=1) > 1e-3])
+        path = ego[step]
+        if len(path) < 2:  # a standing ego: a short stub ahead of it along its heading
+            path = np.stack([ego[0], ego[0] + [np.cos(ego[0, 2]), np.sin(ego[0, 2]), 0, 0]])
+        route = Route(path[:, :2].copy(), path[:, 2].copy(), np.zeros(len(path), bool), road_map.name)
+        traffic = make_traffic(MapScenario(map_assets, route), np.random.default_rng(seed), vehicles,
+                               pedestrians, (ego[0, :2], float(ego[0, 2])), ahead_m=CLIP_TRAFFIC_AHEAD_M)
+        history = []
+        for t in range(len(times)):
+            history.append(traffic.poses())
+            if t + 1 < len(times):
+                x, y, yaw = ego[t + 1, :3]
+                obstacles = [((x + 1.4 * np.cos(yaw), y + 1.4 * np.sin(yaw)), (2.3, 0.95), yaw)]
+                obstacles += [_footprint(asset, *track[t + 1]) for asset, track in zip(placed, placed_tracks)]
+                traffic.step(max(times[t + 1] - times[t], 1e-3), obstacles)
+        history = np.stack(history)
+        assets_out += traffic.assets
+        tracks += [history[:, i] for i in range(len(traffic.assets))]
+    return assets_out + placed, tracks + placed_tracks
+
+
+def lane_heading(road_map, xy) -> float:
+    """Direction of travel [rad] of the driving lane nearest to ``xy`` [m] (the lane containing
+    it, else the one it projects onto; the nearest lane sample's where libcarla finds none)."""
+    offset = road_map.driving_lane_offset(xy)
+    if np.isfinite(offset.beyond_edge_m):
+        return float(offset.lane_yaw)
+    return float(road_map.node_yaw[road_map.nearest_node(xy)])
 
 
 def edit_clip(trajectory, rgb: torch.Tensor, depth: torch.Tensor, assets: list, tracks: list[np.ndarray],
@@ -320,13 +356,14 @@ def edit_clip(trajectory, rgb: torch.Tensor, depth: torch.Tensor, assets: list, 
     """Insert ``assets`` moving along ``tracks`` (T, 3) into a clip with both alignment stages.
 
     Coarse 3D: in each frame the asset's height is read from the depth under its footprint
-    (:func:`editors.place_on_ground`, which raises for a footprint over no surface: off the
-    map). Fine 2D: its ground contact is then aligned with the frame's depth in the image
-    (:func:`editors.refine_placement`); the track keeps the median of the aligned heights over
-    the frames that see it, so the asset stays on one ground level instead of jittering with
-    per-frame depth noise. The contact residual [px] of each frame at that level is reported
-    in its label. Then composite, refine (if ``refiner``)
-    and label."""
+    (:func:`editors.place_on_ground`). Fine 2D: its ground contact is then aligned with the
+    frame's depth in the image (:func:`editors.refine_placement`); the track keeps the median
+    of the aligned heights over the frames that see it, so the asset stays on one ground level
+    instead of jittering with per-frame depth noise. A frame where either stage fails (footprint
+    or contact over sky, off the image, hidden) gives no height; a coarse failure is reported
+    in that frame's label as ``placement_error``. The contact residual [px] of each frame at
+    the track's level is reported in its label. Then composite, refine (if ``refiner``) and
+    label."""
     import time
 
     from editors import AssetInstance, place_on_ground, refine_placement
@@ -338,12 +375,16 @@ def edit_clip(trajectory, rgb: torch.Tensor, depth: torch.Tensor, assets: list, 
     K = torch.as_tensor(trajectory.intrinsics, dtype=torch.float32).expand(count, 3, 3)
     poses = torch.as_tensor(trajectory.cam_to_world, dtype=torch.float32)
     clock = time.perf_counter()
-    instances, residuals = [], []
+    instances, residuals, failures = [], [], []
     for asset, track in zip(assets, tracks):
-        levels, track_residuals = [], []
+        levels, track_residuals, track_failures = [], [], [None] * count
         for t in range(count):
             x, y, yaw = track[t]
-            placed = place_on_ground(asset, x, y, yaw, depth[t:t + 1], K[t:t + 1], poses[t:t + 1])
+            try:
+                placed = place_on_ground(asset, x, y, yaw, depth[t:t + 1], K[t:t + 1], poses[t:t + 1])
+            except ValueError as error:  # no surface under the footprint in this frame: no level from it
+                track_failures[t] = f"coarse placement: {error}"
+                continue
             try:
                 levels.append(refine_placement(asset, placed, depth[t:t + 1], K[t:t + 1], poses[t:t + 1]).placement.z)
             except ValueError:  # contact out of view or over sky in this frame
@@ -357,6 +398,7 @@ def edit_clip(trajectory, rgb: torch.Tensor, depth: torch.Tensor, assets: list, 
             except ValueError:
                 track_residuals.append(None)
         residuals.append(track_residuals)
+        failures.append(track_failures)
         instances.append(AssetInstance(asset, first_id + len(instances), torch.tensor(pose, dtype=torch.float32)))
     seconds["align"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -373,7 +415,8 @@ def edit_clip(trajectory, rgb: torch.Tensor, depth: torch.Tensor, assets: list, 
     def as_uint8(x: torch.Tensor) -> torch.Tensor:
         return (x.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
-    labels = [[label_dict(label, residuals[i][t]) for i, label in enumerate(out.labels[t])] for t in range(count)]
+    labels = [[label_dict(label, residuals[i][t], failures[i][t]) for i, label in enumerate(out.labels[t])]
+              for t in range(count)]
     ids = torch.tensor([i.track_id for i in instances] + [-1], dtype=torch.int16)
     return EditResult(rgb=as_uint8(refined), naive=as_uint8(out.rgb), labels=labels, instance=ids[out.instance[:, 0]],
                       dynamic=out.dynamic, seconds=seconds)

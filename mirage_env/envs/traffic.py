@@ -198,11 +198,12 @@ def collision_names(traffic: Traffic, centre: np.ndarray, half: np.ndarray, yaw:
     return {"collisions_vehicle" if hit == Semantic.VEHICLE else "collisions_pedestrian" for hit in hits}
 
 
-def label_dict(label, residual_px: float | None) -> dict[str, Any]:
+def label_dict(label, residual_px: float | None, placement_error: str | None = None) -> dict[str, Any]:
     """An :class:`editors.AssetLabel` as plain values for ``info`` and JSON. ``residual_px``:
     the ground-contact disagreement [px] of the asset where it is drawn
     (:attr:`editors.Refinement.initial_residual_px` of its placement: no shift is applied after
-    it), None where no contact point lands on depth."""
+    it), None where no contact point lands on depth. ``placement_error``: why the asset's
+    placement could not be measured in this frame (it keeps its track's level), else None."""
     return {
         "class": label.kind,
         "track_id": label.track_id,
@@ -212,6 +213,7 @@ def label_dict(label, residual_px: float | None) -> dict[str, Any]:
         "occlusion": round(float(label.occlusion), 4),
         "visible_pixels": int(label.mask.sum()),
         "alignment_residual_px": None if residual_px is None else round(residual_px, 4),
+        "placement_error": placement_error,
     }
 
 
