@@ -4,7 +4,11 @@
 (world-anchored tracks and the :class:`Traffic` simulation), ``placement`` (coarse 3D and fine
 2D alignment to a frame's depth), ``composite`` (rendering, depth compositing, contact shadows,
 labels and the dynamic mask) and ``refiner`` (the one-step refiner network). Works on frames,
-depths, poses and road-map polylines passed in; imports only :mod:`world_model` geometry.
+depths, poses and road-map polylines passed in, never on :mod:`mirage_env`'s maps or envs. From
+:mod:`world_model` it uses the camera geometry (:mod:`world_model.camera`), the refiner's residual
+block (:mod:`world_model.tiny_backbone`) and, in refiner training, the loss plot
+(:mod:`world_model.training`); the refiner is a ``diffusers`` model (``ModelMixin``), and user
+meshes are read with ``trimesh``.
 """
 
 from editors.assets import ASSET_CLASSES, VEHICLE_CLASSES, Asset, AssetBox, load_asset, make_asset
