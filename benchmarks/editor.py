@@ -3,20 +3,29 @@
 Quality: clips from held-out procedural towns (never trained on) rendered like the refiner's
 training pairs (:mod:`mirage_env.editor_data`): the naive composite and the refined frame
 against the ground truth with the assets rendered in the scene (same contact shadow), PSNR over
-the edited region (asset masks grown by the refiner's band) and SSIM over the same pixels, under
-the ground-truth renderer's own look ("plain") and under random frame looks standing for
-world-model frames (blur, colour gain, gamma; seeded). Every second and third frame of a clip
-is refined with the previous frame's state, as in a stream.
+the edited region (asset masks, pasted and true, grown by the refiner's band) and SSIM over the
+same pixels. Two settings: "plain", the ground-truth renderer's own look, and
+"world_model_look", where the scene and the target get a random frame look (blur, colour gain,
+gamma; ``Look.random`` with the training config, seed 7, one look per clip) that the pasted
+asset lacks. ``Look.random`` leaves ``plain_fraction`` = 0.25 of the samples without a look, so
+about a quarter of the "world_model_look" clips (4 of the 16 clips of the default run) are
+plain frames too. Frames are refined in order, each with the previous frame's state, as in a
+stream; the scores are over every frame but a clip's first.
 
-Placement: `mirage edit`'s pipeline on expert drives through held-out towns with random traffic,
-given the exact depth or a noisy one (per-8x8-token multiplicative noise of 15 %, like the world model's
-estimated depth). Jitter: per track, the standard deviation over frames of the 2D box centre's
-offset from the projection of the true 3D box centre [px] (frames where the asset is fully
-visible, unoccluded and off the image border), with the track's ground level chosen once per
-clip (ours) or per frame (the fine alignment applied frame by frame). Residual: the
-ground-contact disagreement [px] after alignment (mean over a frame's unoccluded contact
-points; mean and median over frames and tracks). Time: milliseconds per frame of alignment,
-compositing and refinement at the clip size, on one CPU thread.
+Placement: `mirage edit`'s pipeline on expert drives through held-out towns with random traffic
+(4 vehicles, 2 pedestrians), given the exact depth or a noisy one (per-8x8-token
+multiplicative noise of 15 %, like the world model's estimated depth). Jitter: per track, over
+the frames where the asset is in view, at most 2 % occluded and off the image border (tracks
+with at least 4 such frames), the norm of the per-axis standard deviations of the 2D box
+centre's offset from the projection of the true 3D box centre [px], with the track's ground
+level chosen once per clip (ours) or per frame (the fine alignment applied frame by frame). Residual:
+each label's ``alignment_residual_px``, the ground-contact disagreement [px] of the asset as
+drawn, at its track's clip-wide ground level (no per-frame shift applied): the mean over the
+contact points that land on pixels with depth, leaving out those that disagree with the best
+common shift by more than 1 px and 3x the median (occluded ones, kerbs); mean and median over
+the frames and tracks where any contact point lands on depth. Time: milliseconds per frame of
+alignment, compositing and refinement at the clip size, on one CPU thread (exact and noisy
+depth runs together).
 
     python benchmarks/editor.py [--towns 2] [--clips 8] [--out benchmarks/results/editor.json]
 """
