@@ -14,8 +14,8 @@ from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from world_model.camera import relative_motion
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-from world_model.training import (StageConfig, encode_clips, reconstruction_psnr, rollout_batch, train_autoencoder,
-                                  train_generator)
+from world_model.training import (RolloutWorlds, StageConfig, encode_clips, reconstruction_psnr, rollout_batch,
+                                  train_autoencoder, train_generator)
 
 SIZE = 32
 
@@ -83,9 +83,10 @@ def test_rollout_batches_condition_on_generated_frames(clips):
     def batch(steps):
         return rollout_batch(clips, encoded, backbone, 3, torch.Generator().manual_seed(7), steps)
 
-    def draws(steps):  # the rollout's clips and start frames, drawn as rollout_batch draws them
+    def draws(steps):  # the rollout's clips and start frames, drawn as RolloutWorlds draws them
         sampler = torch.Generator().manual_seed(7)
-        return torch.randint(0, 2, (3,), generator=sampler), torch.randint(0, 6 - steps, (3,), generator=sampler)
+        clip = torch.randint(0, 2, (3,), generator=sampler)
+        return clip, (torch.rand(3, generator=sampler) * (6 - steps)).long()
 
     conditioning, target, images = batch(1)
     clip, start = draws(1)
@@ -102,8 +103,35 @@ def test_rollout_batches_condition_on_generated_frames(clips):
     assert (conditioning.context[:, -1] - truth).abs().mean() > 0.1  # the untrained model's frame, not the truth
     assert torch.allclose(target, encoded["latents"][clip, start + 4].float())
     assert torch.allclose(conditioning.motion, relative_motion(poses[clip, start + 3], poses[clip, start + 4]))
-    with pytest.raises(ValueError, match="rollout steps"):
+    with pytest.raises(ValueError, match="rollouts must last 1 to 5 frames"):
         batch(6)
+
+
+def test_rollout_worlds_continue_from_the_frames_they_are_given(clips):
+    """Training advances the worlds with its own predictions: they become the next context,
+    and a world whose horizon is over starts again from a true frame."""
+    autoencoder, generator = tiny_models()
+    encoded = encode_clips(autoencoder, clips)
+    worlds = RolloutWorlds(clips, encoded, TinyBackbone(autoencoder, generator), 4, torch.Generator().manual_seed(3),
+                           longest=2)
+    seen_restart = seen_continue = False
+    for _ in range(4):
+        _, target, _ = worlds.targets()
+        predicted = torch.randn_like(target)
+        frame, left = worlds.frame.clone(), worlds.left.clone()
+        worlds.advance(predicted)
+        context = worlds.targets()[0].context[:, -1]
+        for i in range(4):
+            if left[i] > 1:  # goes on from the frame it was given
+                seen_continue = True
+                assert worlds.frame[i] == frame[i] + 1 and torch.allclose(context[i], predicted[i])
+            else:  # starts again from a clip frame, encoded
+                seen_restart = True
+                truth = encoded["latents"][worlds.clip[i], worlds.frame[i]].float()
+                assert torch.allclose(context[i], truth, atol=1e-2) and 1 <= worlds.left[i] <= 2
+    assert seen_restart and seen_continue
+    with pytest.raises(ValueError, match="`latents` must be"):
+        worlds.world.observe(torch.zeros(4, 3, 8, 8), clips["cam_to_world"][0, :4], clips["K"][None].expand(4, 3, 3))
 
 
 def test_generator_learns_from_rollouts(clips, tmp_path):

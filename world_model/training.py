@@ -17,7 +17,7 @@ Two stages, each resumable from its last checkpoint:
     road layout, with an L1 loss plus a hinge adversarial loss from a discriminator on latent
     maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
     sharp frames). From ``rollout_start`` on, a share of the batches come from the model's own
-    rollouts instead (:func:`rollout_batch`): memory and context are then its own generated
+    rollouts instead (:class:`RolloutWorlds`): memory and context are then its own generated
     frames, as in the env, so it learns to correct its drift instead of compounding it.
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
@@ -61,7 +61,7 @@ class StageConfig:
     seed: int = 0
     rollout_start: int | None = None  # [steps] generator only: learn from its own rollouts from here (None: never)
     rollout_probability: float = 0.5  # share of those batches that are rollouts
-    rollout_steps: int = 8  # [frames] longest rollout before the target
+    rollout_steps: int = 8  # [frames] longest rollout (targets per start)
 
 
 class PatchDiscriminator(nn.Module):
@@ -343,32 +343,71 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
     return conditioning, torch.stack(targets), torch.stack(images)
 
 
+class RolloutWorlds:
+    """``batch_size`` world models, each driving along a training clip on generated frames, as
+    in the env: a world starts from a clip frame (with ground-truth depth for half the starts,
+    the depth head's for the others) and lives for a horizon of up to ``longest`` frames
+    (exactly ``longest`` with ``exact``), then starts again elsewhere. ``targets`` gives the
+    conditioning for every world's next pose with the true latents and image there;
+    ``advance`` takes the frames generated for it. Training advances the worlds with the
+    very predictions it learns from, so rolling out costs no extra generation; learning to
+    pull them back to the truth keeps long rollouts from drifting (exposure bias)."""
+
+    def __init__(self, clips: dict, encoded: dict, backbone: TinyBackbone, batch_size: int,
+                 generator: torch.Generator, longest: int, exact: bool = False):
+        self.clips, self.encoded, self.generator, self.exact = clips, encoded, generator, exact
+        self.count, self.length = clips["rgb"].shape[:2]
+        if not 1 <= longest < self.length:
+            raise ValueError(f"rollouts must last 1 to {self.length - 1} frames for clips of {self.length}, got {longest}")
+        self.longest = longest
+        self.K = clips["K"][None].expand(batch_size, 3, 3)
+        self.world = WorldModel(backbone, batch_size)
+        self.clip = torch.zeros(batch_size, dtype=torch.long)
+        self.frame = torch.zeros(batch_size, dtype=torch.long)  # the latest frame each world has
+        self.left = torch.zeros(batch_size, dtype=torch.long)  # targets left before it starts again
+        self._start(torch.arange(batch_size))
+
+    def _start(self, ids: torch.Tensor) -> None:
+        count, g = len(ids), self.generator
+        clip = torch.randint(0, self.count, (count,), generator=g)
+        horizon = (torch.full((count,), self.longest) if self.exact
+                   else torch.randint(1, self.longest + 1, (count,), generator=g))
+        start = (torch.rand(count, generator=g) * (self.length - horizon)).long()
+        ground_truth = bool(torch.randint(0, 2, (1,), generator=g))
+        depth = self.clips["depth"][clip, start].float() if ground_truth else None
+        self.world.reset(self.clips["rgb"][clip, start], self.K[:count], self.clips["cam_to_world"][clip, start],
+                         depth=depth, env_ids=ids)
+        self.clip[ids], self.frame[ids], self.left[ids] = clip, start, horizon
+
+    def targets(self) -> tuple[Conditioning, torch.Tensor, torch.Tensor]:
+        """Conditioning for every world's next frame, its true latents (B, C, h, w) and image
+        (B, 3, H, W); what :func:`generator_batch` returns."""
+        clip, target = self.clip, self.frame + 1
+        layout = self.clips["layout"][clip, target].float() / 255
+        conditioning = self.world.conditioning(self.clips["cam_to_world"][clip, target], self.K, layout=layout)
+        images = self.clips["rgb"][clip, target].permute(0, 3, 1, 2).float() / 255
+        return conditioning, self.encoded["latents"][clip, target].float(), images
+
+    def advance(self, latents: torch.Tensor) -> None:
+        """Take ``latents`` as every world's next frame; worlds at the end of their horizon start again."""
+        self.frame += 1
+        self.left -= 1
+        self.world.observe(latents, self.clips["cam_to_world"][self.clip, self.frame], self.K)
+        done = (self.left == 0).nonzero().flatten()
+        if len(done):
+            self._start(done)
+
+
 @torch.no_grad()
 def rollout_batch(clips: dict, encoded: dict, backbone: TinyBackbone, batch_size: int, generator: torch.Generator,
                   steps: int):
-    """A generator batch from the model's own rollouts, as in the env: each sample's world model
-    starts from a clip frame (ground-truth depth for half the batches, the depth head's for
-    the others) and generates ``steps - 1`` frames along the clip's poses, writing them into
-    its cache; the batch is the conditioning for the next pose, with the true latents and
-    image there. Learning to pull these back to the truth is what keeps long rollouts from
-    drifting (exposure bias). Returns what :func:`generator_batch` returns."""
-    count, length = clips["rgb"].shape[:2]
-    if not 1 <= steps < length:
-        raise ValueError(f"rollout steps must be in [1, {length - 1}] for clips of {length} frames, got {steps}")
-    clip = torch.randint(0, count, (batch_size,), generator=generator)
-    start = torch.randint(0, length - steps, (batch_size,), generator=generator)
-    K = clips["K"][None].expand(batch_size, 3, 3)
-    layout = clips["layout"].float() / 255
-    world = WorldModel(backbone, batch_size)
-    depth = clips["depth"][clip, start].float() if bool(torch.randint(0, 2, (1,), generator=generator)) else None
-    world.reset(clips["rgb"][clip, start], K, clips["cam_to_world"][clip, start], depth=depth)
-    for step in range(1, steps):
-        world.render(clips["cam_to_world"][clip, start + step], K, layout=layout[clip, start + step][:, None],
-                     generator=generator)
-    target = start + steps
-    conditioning = world.conditioning(clips["cam_to_world"][clip, target], K, layout=layout[clip, target])
-    images = clips["rgb"][clip, target].permute(0, 3, 1, 2).float() / 255
-    return conditioning, encoded["latents"][clip, target].float(), images
+    """A batch at the end of rollouts of ``steps`` frames: worlds start from clip frames,
+    ``backbone`` generates ``steps - 1`` frames along the clips' poses, and the batch is the
+    conditioning for the next pose with the truth there (see :class:`RolloutWorlds`)."""
+    worlds = RolloutWorlds(clips, encoded, backbone, batch_size, generator, steps, exact=True)
+    for _ in range(steps - 1):
+        worlds.advance(backbone.generate(worlds.targets()[0], generator))
+    return worlds.targets()
 
 
 VALIDATION_ROLLOUT = 16  # [frames] `val_psnr_rollout` is measured on the frame after 15 generated ones
@@ -411,6 +450,7 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     def critic_input(latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         return torch.cat([latents, conditioning.memory.valid.float(), conditioning.layout], dim=1)
 
+    worlds = None  # the rollouts, started at the first rollout batch
     generator.train()
     bar = tqdm(total=config.steps, initial=stage.step, desc="generator", unit="step")
     sums: dict = {}
@@ -418,15 +458,16 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         rollout = (config.rollout_start is not None and stage.step >= config.rollout_start
                    and float(torch.rand(1, generator=sampler)) < config.rollout_probability)
         if rollout:
-            generator.eval()
-            longest = min(config.rollout_steps, clips["rgb"].shape[1] - 1)
-            steps = int(torch.randint(1, longest + 1, (1,), generator=sampler))
-            conditioning, target, _ = rollout_batch(clips, encoded, backbone, config.batch_size, sampler, steps)
-            generator.train()
+            if worlds is None:
+                longest = min(config.rollout_steps, clips["rgb"].shape[1] - 1)
+                worlds = RolloutWorlds(clips, encoded, backbone, config.batch_size, sampler, longest)
+            conditioning, target, _ = worlds.targets()
         else:
             conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
         noise = torch.randn(target.shape[0], cfg.noise_channels, *target.shape[-2:])
         prediction = generator(conditioning, noise)
+        if rollout:
+            worlds.advance(prediction)
         losses = {"l1": (prediction - target).abs().mean()}
         adversarial = stage.step >= config.adversarial_start
         if adversarial:

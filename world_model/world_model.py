@@ -162,14 +162,21 @@ class WorldModel:
 
     def _render_chunk(self, poses, K, layout, dynamic, depth, generator, ids) -> tuple[torch.Tensor, ...]:
         batch, steps = poses.shape[:2]
-        flat_poses = poses.reshape(-1, 4, 4)
-        flat_K = K.repeat_interleave(steps, dim=0)
-        conditioning = self._conditioning(flat_poses, flat_K, layout, ids, steps)
-        read = conditioning.memory
+        conditioning = self._conditioning(poses.reshape(-1, 4, 4), K.repeat_interleave(steps, dim=0), layout, ids,
+                                          steps)
         latents = self.backbone.generate(conditioning, generator)
+        rgb, token_depth = self._commit(latents, poses, K, dynamic, depth, ids)
+        grid = latents.shape[-2:]
+        return rgb, token_depth, conditioning.memory.valid.view(batch, steps, 1, *grid)
+
+    def _commit(self, latents, poses, K, dynamic, depth, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode the generated ``latents`` of poses (B, T, 4, 4), write them into the memory and
+        make the last T the next context; returns uint8 frames (B, T, H, W, 3) and per-token
+        depth (B, T, 1, h, w)."""
+        batch, steps = poses.shape[:2]
         images = self.backbone.decode(latents)
         token_depth = self._write(
-            latents, images, flat_K, flat_poses,
+            latents, images, K.repeat_interleave(steps, dim=0), poses.reshape(-1, 4, 4),
             None if depth is None else depth.reshape(-1, *depth.shape[2:]),
             None if dynamic is None else dynamic.reshape(-1, *dynamic.shape[2:]),
             ids.repeat_interleave(steps),
@@ -179,9 +186,24 @@ class WorldModel:
         self.context[ids] = torch.cat([self.context[ids], chunk_latents], dim=1)[:, -self.context_frames:]
         self.context_pose[ids] = poses[:, -1]
         rgb = (images.permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8)
-        grid = latents.shape[-2:]
-        return (rgb.view(batch, steps, *rgb.shape[1:]), token_depth.view(batch, steps, 1, *grid),
-                read.valid.view(batch, steps, 1, *grid))
+        return rgb.view(batch, steps, *rgb.shape[1:]), token_depth.view(batch, steps, 1, *latents.shape[-2:])
+
+    @torch.no_grad()
+    def observe(self, latents: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, env_ids=None) -> None:
+        """Take ``latents`` (B, C, h, w), generated elsewhere for poses ``cam_to_world`` (B, 4, 4),
+        as the next frames of environments ``env_ids``: decoded, lifted into the memory and made
+        the context, exactly as ``render`` does with its own. Training rolls out the generator
+        it is training this way, without generating twice."""
+        check_intrinsics(K, cam_to_world.shape[0])
+        check_poses(cam_to_world)
+        ids = self._env_ids(env_ids, cam_to_world.shape[0])
+        if not self.started[ids.cpu()].all():
+            raise RuntimeError(f"reset environments {ids[~self.started[ids.cpu()]].tolist()} first")
+        expected = (cam_to_world.shape[0], *self.context.shape[2:])
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"`latents` must be {expected}, got {tuple(latents.shape)}")
+        self._commit(latents.detach().to(self.device), cam_to_world[:, None].to(self.device, torch.float32),
+                     K.to(self.device, torch.float32), None, None, ids)
 
     @torch.no_grad()
     def conditioning(self, cam_to_world: torch.Tensor, K: torch.Tensor, layout: torch.Tensor | None = None,
