@@ -31,7 +31,8 @@ class Policy(Protocol):
 
 
 class ExpertPolicy:
-    """The route-following expert of MirageDrive-v0: pure pursuit on the planned route."""
+    """The route-following expert of MirageDrive-v0: pure pursuit on the planned route, braking for
+    inserted traffic in its path."""
 
     def __init__(self) -> None:
         self.env = None
@@ -50,7 +51,7 @@ class ExpertPolicy:
     def __call__(self, observation: Any) -> np.ndarray:
         if self.expert is None:
             raise RuntimeError("call reset(env) at the start of each episode before asking the expert")
-        return np.array(self.expert.act(self.env.state), dtype=np.float32)
+        return np.array(self.expert.act(self.env.state, self.env.traffic_boxes()), dtype=np.float32)
 
 
 class SB3Policy:

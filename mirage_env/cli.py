@@ -54,7 +54,7 @@ def demo(cfg: DictConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, desc=f"driving {env.scenario.name} ({cfg.renderer})", unit="step")
     for step in range(cfg.max_steps + 1):
         if step:
-            steer, throttle = expert.act(env.state)
+            steer, throttle = expert.act(env.state, env.traffic_boxes())
             observation, _, terminated, truncated, info = env.step(np.array([steer, throttle], dtype=np.float32))
             bar.update(1)
         truth, extra = truth_panels(env._camera_pose())
@@ -397,7 +397,7 @@ def play(cfg: DictConfig) -> dict:
     frames, total, info, played = [env.render()], 0.0, {}, 0
     for _ in tqdm(range(cfg.steps), desc=f"{cfg.env} ({cfg.policy})", unit="step", disable=cfg.policy == "keyboard"):
         if expert is not None:
-            action = np.array(expert.act(inner.state), dtype=np.float32)
+            action = np.array(expert.act(inner.state, inner.traffic_boxes()), dtype=np.float32)
         elif cfg.policy == "random":
             action = env.action_space.sample()
         elif cfg.policy == "straight":

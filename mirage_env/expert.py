@@ -1,4 +1,5 @@
-"""A route-following expert: pure pursuit on the planned route with speed control."""
+"""A route-following expert: pure pursuit on the planned route with speed control; it brakes
+for obstacles in its path (inserted traffic) and never steers around them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class ExpertConfig:
     lookahead_per_mps: float = 0.4  # [s] lookahead growth with speed
     speed_gain: float = 0.6  # throttle per m/s of speed error
     stop_distance_m: float = 1.0  # [m] before the route end
+    ego_front_m: float = 3.6  # [m] from the rear axle (the state's point) to the front bumper
+    ego_half_width_m: float = 0.95  # [m]
+    obstacle_clearance_m: float = 0.7  # [m] lateral room it wants beside an obstacle to drive past it
+    obstacle_gap_m: float = 3.0  # [m] it stops this far behind an obstacle in its path
+    obstacle_horizon_m: float = 30.0  # [m] of route ahead it watches
+    brake_decel_mps2: float = 3.0  # [m/s^2] the deceleration it plans stops with
 
 
 class RouteExpert:
@@ -38,7 +45,11 @@ class RouteExpert:
         self.progress_m, _, _ = self.route.project((state.x, state.y), near_s=self.progress_m)
         return self.progress_m
 
-    def act(self, state: VehicleState) -> tuple[float, float]:
+    def act(self, state: VehicleState, obstacles=()) -> tuple[float, float]:
+        """``(steer, throttle)`` in [-1, 1] at ``state``. ``obstacles``: boxes to stop behind
+        (e.g. ``editors.Traffic.boxes()``), each a centre (2 or 3,) [m], half sizes (2 or 3,)
+        [m] along its own axes and a yaw [rad]; the expert keeps its lane and brakes for those
+        in its path, it never steers around them."""
         cfg, model = self.config, self.model
         s = self._progress(state)
         lookahead = cfg.lookahead_base_m + cfg.lookahead_per_mps * state.speed
@@ -53,8 +64,27 @@ class RouteExpert:
         desired = min(cfg.target_speed_mps, self._curve_speed(s), math.sqrt(max(0.0, 2.0 * 2.0 * remaining)))
         if remaining <= 0:
             desired = 0.0
+        free = self._free_distance(s, obstacles)
+        desired = min(desired, math.sqrt(2.0 * cfg.brake_decel_mps2 * max(0.0, free - cfg.obstacle_gap_m)))
         throttle = float(np.clip(cfg.speed_gain * (desired - state.speed), -1.0, 1.0))
         return steer, throttle
+
+    def _free_distance(self, s: float, obstacles) -> float:
+        """[m] from the front bumper to the nearest obstacle in its path within the horizon (inf
+        if none): one whose footprint comes within the ego's half width plus the clearance of
+        the route, ahead along it."""
+        cfg, free = self.config, math.inf
+        for centre, half, yaw in obstacles:
+            along, lateral, index = self.route.project(centre, near_s=s, window_m=(0.0, cfg.obstacle_horizon_m + 10.0))
+            relative = float(yaw) - self.route.heading_at(along)
+            c, sn = abs(math.cos(relative)), abs(math.sin(relative))
+            half_along, half_across = half[0] * c + half[1] * sn, half[0] * sn + half[1] * c
+            if abs(lateral) - half_across > cfg.ego_half_width_m + cfg.obstacle_clearance_m:
+                continue  # beside the path
+            gap = along - half_along - (s + cfg.ego_front_m)
+            if -cfg.ego_front_m < gap < cfg.obstacle_horizon_m:  # ahead of the rear axle, within the horizon
+                free = min(free, max(gap, 0.0))
+        return free
 
     def _curve_speed(self, s: float) -> float:
         """Highest speed [m/s] keeping lateral acceleration within bounds over the next stretch."""

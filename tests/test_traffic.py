@@ -23,7 +23,7 @@ def drive_until_end(env, steps: int = 300, throttle: float | None = None):
     inner = env.unwrapped
     expert = RouteExpert(inner.scenario.route, inner.model)
     for _ in range(steps):
-        steer, expert_throttle = expert.act(inner.state)
+        steer, expert_throttle = expert.act(inner.state, inner.traffic_boxes())
         action = np.array([steer, expert_throttle if throttle is None else throttle], dtype=np.float32)
         obs, reward, terminated, truncated, info = env.step(action)
         if terminated or truncated:
@@ -101,6 +101,30 @@ def test_collisions_with_traffic_are_leaderboard_infractions():
     assert info["termination_reason"] == "collision"
     assert info["infractions"]["collisions_pedestrian"] == 1
     assert info["infraction_penalty"] == pytest.approx(0.50)
+
+
+def test_the_expert_stops_behind_traffic_in_its_path_and_drives_past_traffic_beside_it():
+    env = gym.make("MirageDrive-v0", traffic_vehicles=1, **SETTINGS)
+    for offset_m, should_stop in ((0.0, True), (4.0, False)):
+        env.reset(seed=1)
+        inner = env.unwrapped
+        traffic, route = inner.traffic, inner.scenario.route
+        heading = route.heading_at(20.0)
+        left = np.array([-np.sin(heading), np.cos(heading)]) * offset_m  # across the route
+        traffic.vehicle_paths[0] = Polyline([route.point_at(20.0) + left, route.point_at(22.0) + left])
+        traffic.vehicle_s[:], traffic.vehicle_speeds[:] = 0.0, 0.0  # standing still
+        expert = RouteExpert(route, inner.model)
+        for _ in range(120):
+            _, _, terminated, _, info = env.step(np.array(expert.act(inner.state, inner.traffic_boxes()), np.float32))
+            assert not terminated
+        assert info["infractions"]["collisions_vehicle"] == 0
+        progress = route.project((inner.state.x, inner.state.y))[0]
+        if should_stop:  # at rest, its front bumper about the expert's gap behind the vehicle's rear
+            rear = 20.0 + 1.0 - (traffic.vehicles[0].upper[0] - traffic.vehicles[0].lower[0]) / 2
+            assert inner.state.speed < 0.1
+            assert progress + expert.config.ego_front_m == pytest.approx(rear - expert.config.obstacle_gap_m, abs=1.0)
+        else:
+            assert progress > 40.0  # it drove on past
 
 
 def test_traffic_keeps_its_gap_behind_the_ego():

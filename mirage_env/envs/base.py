@@ -84,6 +84,11 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         """The ego's collision box: centre (3,) [m], half sizes (3,) [m], yaw [rad]."""
         raise NotImplementedError
 
+    def traffic_boxes(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """The inserted traffic's footprints now (``editors.Traffic.boxes``; empty without
+        traffic): what the route expert brakes for."""
+        return [] if self.traffic is None else self.traffic.boxes()
+
     def _collisions(self, scenario: MapScenario) -> set[str]:
         """Infraction names of what the ego's footprint overlaps."""
         hits = {collision_infraction(label) for label in scenario.assets.obstacles.hits(*self._footprint())}
