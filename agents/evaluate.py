@@ -267,7 +267,10 @@ def write_markdown_report(report: dict, results: Sequence[RouteResult], out_dir:
                   f"{c['mean_difference']:+.1f}, mean absolute difference {c['mean_absolute_difference']:.1f}, "
                   f"largest {c['largest_difference']['difference']:+.1f} on {c['largest_difference']['route_id']}); "
                   f"Spearman rank correlation of the routes' scores: {rho}. The smaller the gap, the better the "
-                  "generated world stands in for the real one when evaluating this agent."]
+                  "generated world stands in for the real one when evaluating this agent. (An agent that "
+                  "does not look at the frames, such as the expert, which drives on the car's state and "
+                  "the route, scores the same with both; the comparison means something for agents "
+                  "that drive from pixels.)"]
     lines += ["", "## Routes", "", "![scores](scores.png)", "",
               "| route | map | traffic | length [m] | " + " | ".join(
                   f"{RENDERER_LABELS[r]} RC / IP / DS" for r in renderers) + " | end |",
