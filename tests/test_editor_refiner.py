@@ -233,3 +233,21 @@ def test_the_shipped_refiner_loads_and_edits_only_near_assets():
     region = edit_region(mask, model.config.band_px) > 0
     assert (out != rgb).any(1, keepdim=True)[region].float().mean() > 0.5  # trained: it does change assets
     assert torch.equal(out[~region.expand_as(out)], rgb[~region.expand_as(rgb)])
+
+
+def test_the_shipped_refiner_adds_no_flicker():
+    """Streamed over a clip whose frames differ only by noise (as consecutive generated frames
+    do), the refined pixels change from frame to frame no more than the input pixels do."""
+    model = load_refiner()
+    rgb, mask = scene(batch=1, size=64)
+    mask[:] = False
+    mask[:, :, 20:40, 10:50] = True
+    noise = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    clip = (rgb + 0.02 * noise).clamp(0, 1)
+    refined = model.refine_clip(clip, mask.expand(8, -1, -1, -1))
+    region = (edit_region(mask, model.config.band_px) > 0).expand(1, 3, -1, -1)[0]
+    assert (refined[0] - clip[0]).abs()[region].mean() > 0.01  # it does edit the asset
+    for t in range(1, 8):
+        change_in = (clip[t] - clip[t - 1]).abs()[region].mean()
+        change_out = (refined[t] - refined[t - 1]).abs()[region].mean()
+        assert change_out <= change_in * 1.02
