@@ -129,7 +129,7 @@ def train_world_model(cfg: DictConfig) -> dict:
     """Train the default world-model backbone on clips rendered from procedural towns."""
     from mirage_env.world_model_data import ClipConfig, generate_shards, load_shards
     from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-    from world_model.training import StageConfig, train_autoencoder, train_generator
+    from world_model.training import StageConfig, train_autoencoder, train_decoder, train_generator
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -157,8 +157,12 @@ def train_world_model(cfg: DictConfig) -> dict:
     generator = TinyGenerator(latent_channels=ae.latent_channels, layout_channels=3,
                               block_out_channels=tuple(gen.block_out_channels), layers_per_block=gen.layers_per_block)
     train_generator(autoencoder, generator, clips, stage(gen), out_dir, validation)
+    stages = ["autoencoder", "generator"]
+    if cfg.decoder.steps:
+        train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation)
+        stages.append("decoder")
     model_dir = TinyBackbone(autoencoder, generator).save_pretrained(out_dir / "model")
-    logs = {name: json.loads((out_dir / f"{name}_log.json").read_text()) for name in ("autoencoder", "generator")}
+    logs = {name: json.loads((out_dir / f"{name}_log.json").read_text()) for name in stages}
     summary = {
         "model": str(model_dir),
         "training_frames": int(clips["rgb"].shape[0] * clips["rgb"].shape[1]),
@@ -204,7 +208,7 @@ Config:
 
 def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
-            ("generator.steps", cfg.generator.steps)]
+            ("generator.steps", cfg.generator.steps), ("decoder.steps", cfg.decoder.steps)]
 
 
 def train_editor(cfg: DictConfig) -> dict:

@@ -14,8 +14,9 @@ from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from world_model.camera import relative_motion
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-from world_model.training import (RolloutWorlds, StageConfig, encode_clips, reconstruction_psnr, rollout_batch,
-                                  train_autoencoder, train_generator)
+from world_model.training import (RolloutWorlds, StageConfig, encode_clips, laplacian_pyramid_loss,
+                                  reconstruction_psnr, rollout_batch, train_autoencoder, train_decoder,
+                                  train_generator)
 
 SIZE = 32
 
@@ -146,12 +147,41 @@ def test_generator_learns_from_rollouts(clips, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
 
 
+def test_pyramid_loss_sees_lost_detail_that_plain_l1_weighs_like_a_colour_shift(clips):
+    images = clips["rgb"][0, :4].permute(0, 3, 1, 2).float() / 255
+    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
+    shift = (blurred - images).abs().mean()
+    shifted = images + shift  # the same plain L1 distance as the blur, but no detail lost
+    assert (shifted - images).abs().mean() == pytest.approx(float(shift), rel=1e-4)
+    assert laplacian_pyramid_loss(shifted, images) < 1e-5
+    assert laplacian_pyramid_loss(blurred, images) > 0.5 * float(shift)
+
+
+def test_decoder_fine_tuning_changes_only_the_decoder(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    frozen = {name: p.detach().clone() for name, p in [*autoencoder.encoder.named_parameters(prefix="encoder"),
+                                                        *autoencoder.depth_head.named_parameters(prefix="depth"),
+                                                        *generator.named_parameters(prefix="generator")]}
+    decoder_before = [p.detach().clone() for p in autoencoder.decoder.parameters()]
+    config = StageConfig(steps=4, batch_size=2, adversarial_start=2, checkpoint_every=2, log_every=2)
+    train_decoder(autoencoder, generator, clips, config, tmp_path, validation=clips)
+    log = json.loads((tmp_path / "decoder_log.json").read_text())
+    assert [entry["step"] for entry in log] == [2, 4]
+    assert all(entry["val_sharpness_ratio"] > 0 and "pyramid" in entry for entry in log)
+    current = dict([*autoencoder.encoder.named_parameters(prefix="encoder"),
+                    *autoencoder.depth_head.named_parameters(prefix="depth"),
+                    *generator.named_parameters(prefix="generator")])
+    assert all(torch.equal(value, current[name]) for name, value in frozen.items())
+    assert any(not torch.equal(a, b) for a, b in zip(decoder_before, autoencoder.decoder.parameters()))
+
+
 def test_train_world_model_command_smoke(tmp_path):
     """`mirage train-world-model` end to end at a toy size, in a subprocess."""
     command = [
         sys.executable, "-m", "mirage_env.cli", "train-world-model", f"out_dir={tmp_path / 'run'}",
         f"data.dir={tmp_path / 'data'}", "data.towns=1", "data.validation_towns=1", "data.size=32", "data.frames=4",
         "data.clips_per_town=1", "autoencoder.steps=4", "autoencoder.batch_size=2", "generator.steps=4",
+        "decoder.steps=2", "decoder.batch_size=2",
         "generator.batch_size=2", "checkpoint_every=2",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

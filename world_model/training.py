@@ -41,7 +41,7 @@ from world_model.backbone import Conditioning
 from world_model.camera import relative_motion
 from world_model.latent_cache import LatentCache, LatentCacheConfig
 from world_model.memory import MemoryFrame, token_depth
-from world_model.metrics import psnr
+from world_model.metrics import laplacian_variance, psnr
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
 from world_model.world_model import WorldModel
 
@@ -491,6 +491,95 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     bar.close()
     stage.save()
     return generator.eval()
+
+
+def laplacian_pyramid_loss(prediction: torch.Tensor, target: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """Mean L1 distance of the band-pass levels (each image minus its blurred, 2x-downsampled
+    and re-upsampled self) of two image batches: it weighs fine detail the way plain L1 on the
+    pixels, dominated by smooth areas, does not."""
+    loss = prediction.new_zeros(())
+    for _ in range(levels):
+        small_p, small_t = F.avg_pool2d(prediction, 2), F.avg_pool2d(target, 2)
+        band_p = prediction - F.interpolate(small_p, scale_factor=2, mode="bilinear", align_corners=False)
+        band_t = target - F.interpolate(small_t, scale_factor=2, mode="bilinear", align_corners=False)
+        loss = loss + (band_p - band_t).abs().mean()
+        prediction, target = small_p, small_t
+    return loss
+
+
+def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
+                  out_dir: str | Path, validation: dict | None = None) -> TinyAutoencoder:
+    """Fine-tune the autoencoder's decoder alone on the latents the trained generator makes
+    (and, for half of each batch, on true latents with noise), against the true frames: L1,
+    a Laplacian-pyramid loss and a hinge adversarial loss. The encoder, depth head and
+    generator stay frozen, so the latent space and the generator remain valid; only the
+    frames get sharper. Validation logs the sharpness ratio (Laplacian variance of decoded
+    generated frames over the truth's) and their PSNR."""
+    torch.manual_seed(config.seed)
+    autoencoder.eval().requires_grad_(False)
+    generator.eval().requires_grad_(False)
+    decoder = autoencoder.decoder.requires_grad_(True)
+    discriminator = PatchDiscriminator(3)
+    optimizers = {
+        "model": torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=1e-4),
+        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
+    }
+    stage = _Stage("decoder", out_dir, {"model": decoder, "discriminator": discriminator}, optimizers, config)
+    encoded = encode_clips(autoencoder, clips)
+    downsample = autoencoder.downsample
+    sampler = torch.Generator().manual_seed(config.seed + stage.step)
+    if validation is None:
+        evaluate = dict  # no validation data: no metrics
+    else:
+        val_encoded = encode_clips(autoencoder, validation)
+        val_conditioning, _, val_images = generator_batch(validation, val_encoded, 32, downsample,
+                                                          torch.Generator().manual_seed(1234), latent_noise=0.0)
+
+        def evaluate() -> dict[str, float]:
+            decoder.eval()
+            frames = _generated(autoencoder, generator, val_conditioning)
+            decoder.train()
+            return {"val_psnr": float(psnr(frames, val_images).mean()),
+                    "val_sharpness_ratio": float(laplacian_variance(frames).mean() / laplacian_variance(val_images).mean())}
+
+    decoder.train()
+    bar = tqdm(total=config.steps, initial=stage.step, desc="decoder", unit="step")
+    sums: dict = {}
+    while stage.step < config.steps:
+        conditioning, latents, images = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+        half = latents.shape[0] // 2
+        with torch.no_grad():
+            noise = torch.randn(latents.shape[0], generator.config.noise_channels, *latents.shape[-2:],
+                                generator=sampler)
+            generated = generator(conditioning, noise)
+            latents = latents + 0.1 * latents.std() * torch.rand(latents.shape[0], 1, 1, 1, generator=sampler) \
+                * torch.randn(latents.shape, generator=sampler)
+            inputs = torch.cat([generated[:half], latents[half:]])
+        recon = autoencoder.decode_raw(inputs)
+        target = images * 2 - 1
+        losses = {"l1": (recon - target).abs().mean(), "pyramid": laplacian_pyramid_loss(recon, target)}
+        adversarial = stage.step >= config.adversarial_start
+        if adversarial:
+            fool = -discriminator(recon).mean()
+            scale = adversarial_scale(losses["l1"] + losses["pyramid"], fool, decoder[-2].weight,
+                                      config.adversarial_weight, _ramp(stage.step, config))
+            losses["generator_adv"] = scale * fool
+        optimizers["model"].zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+        optimizers["model"].step()
+        if stage.step >= config.adversarial_start - 200:  # warm the critic up first
+            real, fake = discriminator(target), discriminator(recon.detach())
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+            losses["critic"] = d_loss
+        _log_step(stage, losses, sums, bar, evaluate)
+    bar.close()
+    stage.save()
+    decoder.requires_grad_(False)
+    return autoencoder.eval()
 
 
 @torch.no_grad()
