@@ -188,7 +188,9 @@ A small autoencoder with a co-trained depth head and a one-step UNet2DModel gene
 the ground-truth renderer from procedural towns (Town01 and the held-out procedural seeds
 1000000-1000015 are never trained on). Metrics are on the validation towns; `val_psnr` of the
 generator is whole-frame, `val_psnr_covered` on the cells the memory covered, beside
-`val_psnr_repeat_previous` (showing the previous frame again). Training minutes are wall time on
+`val_psnr_repeat_previous` (showing the previous frame again); `decoder_val_*` measure the
+generator's frames through the decoder fine-tuned alone on its latents (the sharpness ratio is
+their Laplacian variance over the truth's). Training minutes are wall time on
 a 2-core CPU (shared with other work), pauses excluded.
 
 | | |
