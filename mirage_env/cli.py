@@ -181,6 +181,9 @@ def train_world_model(cfg: DictConfig) -> dict:
 
 def _model_card(summary: dict, cfg: DictConfig) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items() if key != "model")
+    decoder = ("; `decoder_val_*` measure the generator's frames through the decoder fine-tuned alone on "
+               "its latents (the sharpness ratio is their Laplacian variance over the truth's)"
+               if "decoder_steps" in summary else "")
     return f"""# Mirage Env default world model (TinyBackbone)
 
 A small autoencoder with a co-trained depth head and a one-step UNet2DModel generator
@@ -188,10 +191,8 @@ A small autoencoder with a co-trained depth head and a one-step UNet2DModel gene
 the ground-truth renderer from procedural towns (Town01 and the held-out procedural seeds
 1000000-1000015 are never trained on). Metrics are on the validation towns; `val_psnr` of the
 generator is whole-frame, `val_psnr_covered` on the cells the memory covered, beside
-`val_psnr_repeat_previous` (showing the previous frame again); `decoder_val_*` measure the
-generator's frames through the decoder fine-tuned alone on its latents (the sharpness ratio is
-their Laplacian variance over the truth's). Training minutes are wall time on
-a 2-core CPU (shared with other work), pauses excluded.
+`val_psnr_repeat_previous` (showing the previous frame again){decoder}. Training minutes are wall
+time on a 2-core CPU (shared with other work), pauses excluded.
 
 | | |
 |---|---|
