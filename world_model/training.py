@@ -109,7 +109,7 @@ def depth_head_loss(autoencoder: TinyAutoencoder, latents: torch.Tensor, depth: 
 
 
 class _Stage:
-    """Checkpointing, logging and the loss curve shared by both stages."""
+    """Checkpointing, logging, the loss curve and the adversarial step shared by the stages."""
 
     def __init__(self, name: str, out_dir: Path, modules: dict[str, nn.Module], optimizers: dict, config: StageConfig):
         self.name, self.out_dir, self.modules, self.optimizers, self.config = name, Path(out_dir), modules, optimizers, config
@@ -125,6 +125,42 @@ class _Stage:
                 optimizer.load_state_dict(state["optimizers"][key])
             self.step, self.log, self.seconds = state["step"], state["log"], state["seconds"]
             torch.set_rng_state(state["torch_rng"])
+
+    @classmethod
+    def adversarial(cls, name: str, out_dir: Path, model: nn.Module, discriminator: nn.Module,
+                    config: StageConfig) -> _Stage:
+        """A stage training ``model`` with the patch critic ``discriminator`` (see :meth:`optimise`)."""
+        optimizers = {
+            "model": torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4),
+            "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
+        }
+        return cls(name, out_dir, {"model": model, "discriminator": discriminator}, optimizers, config)
+
+    def optimise(self, losses: dict, reconstruction: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
+                 last_layer: torch.Tensor, critic_input=lambda x: x) -> None:
+        """One step of an adversarial stage: from ``adversarial_start`` on, ``losses`` gain the
+        adaptively weighted hinge loss of ``fake`` (scaled against ``reconstruction`` at
+        ``last_layer``); the model steps on their sum (gradients clipped to norm 1); then the
+        critic, warmed up for 200 steps before that, learns ``real`` vs ``fake`` (both through
+        ``critic_input``). Adds ``generator_adv`` and ``critic`` to ``losses``."""
+        config, discriminator = self.config, self.modules["discriminator"]
+        if self.step >= config.adversarial_start:
+            fool = -discriminator(critic_input(fake)).mean()
+            scale = adversarial_scale(reconstruction, fool, last_layer, config.adversarial_weight,
+                                      _ramp(self.step, config))
+            losses["generator_adv"] = scale * fool
+        self.optimizers["model"].zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(self.modules["model"].parameters(), 1.0)
+        self.optimizers["model"].step()
+        if self.step >= config.adversarial_start - 200:  # warm the critic up first
+            real_score = discriminator(critic_input(real))
+            fake_score = discriminator(critic_input(fake.detach()))
+            d_loss = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
+            self.optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.optimizers["discriminator"].step()
+            losses["critic"] = d_loss
 
     def save(self) -> None:
         state = {
@@ -174,11 +210,7 @@ def train_autoencoder(autoencoder: TinyAutoencoder, clips: dict, config: StageCo
     """Train the autoencoder and its depth head on the frames of ``clips`` (see the module doc)."""
     torch.manual_seed(config.seed)
     discriminator = PatchDiscriminator(3)
-    optimizers = {
-        "model": torch.optim.AdamW(autoencoder.parameters(), lr=config.lr, weight_decay=1e-4),
-        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
-    }
-    stage = _Stage("autoencoder", out_dir, {"model": autoencoder, "discriminator": discriminator}, optimizers, config)
+    stage = _Stage.adversarial("autoencoder", out_dir, autoencoder, discriminator, config)
     frames = clips["rgb"].shape[0] * clips["rgb"].shape[1]
     val_rgb = _frames(validation, torch.arange(0, validation["rgb"].shape[0] * validation["rgb"].shape[1], 7)[:64])[0] \
         if validation else None
@@ -198,24 +230,7 @@ def train_autoencoder(autoencoder: TinyAutoencoder, clips: dict, config: StageCo
             "latent_l2": 1e-3 * latents.pow(2).mean(),
             "depth": 0.2 * depth_head_loss(autoencoder, latents, depth),
         }
-        adversarial = stage.step >= config.adversarial_start
-        if adversarial:
-            fool = -discriminator(recon).mean()
-            scale = adversarial_scale(losses["l1"], fool, autoencoder.decoder[-2].weight, config.adversarial_weight,
-                                      _ramp(stage.step, config))
-            losses["generator_adv"] = scale * fool
-        total = sum(losses.values())
-        optimizers["model"].zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), 1.0)
-        optimizers["model"].step()
-        if adversarial or stage.step >= config.adversarial_start - 200:  # warm the critic up first
-            real, fake = discriminator(target), discriminator(recon.detach())
-            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            optimizers["discriminator"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["discriminator"].step()
-            losses["critic"] = d_loss
+        stage.optimise(losses, losses["l1"], recon, target, autoencoder.decoder[-2].weight)
         _log_step(stage, losses, sums, bar, lambda: {"val_psnr": reconstruction_psnr(autoencoder, val_rgb)}
                   if val_rgb is not None else {})
     bar.close()
@@ -420,11 +435,7 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     autoencoder.eval().requires_grad_(False)
     cfg = generator.config
     discriminator = PatchDiscriminator(cfg.latent_channels + 1 + cfg.layout_channels, channels=(64, 128), first_stride=1)
-    optimizers = {
-        "model": torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=1e-4),
-        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
-    }
-    stage = _Stage("generator", out_dir, {"model": generator, "discriminator": discriminator}, optimizers, config)
+    stage = _Stage.adversarial("generator", out_dir, generator, discriminator, config)
     encoded = encode_clips(autoencoder, clips)
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
@@ -469,24 +480,8 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         if rollout:
             worlds.advance(prediction)
         losses = {"l1": (prediction - target).abs().mean()}
-        adversarial = stage.step >= config.adversarial_start
-        if adversarial:
-            fool = -discriminator(critic_input(prediction, conditioning)).mean()
-            scale = adversarial_scale(losses["l1"], fool, generator.unet.conv_out.weight, config.adversarial_weight,
-                                      _ramp(stage.step, config))
-            losses["generator_adv"] = scale * fool
-        optimizers["model"].zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
-        optimizers["model"].step()
-        if stage.step >= config.adversarial_start - 200:  # warm the critic up first
-            real = discriminator(critic_input(target, conditioning))
-            fake = discriminator(critic_input(prediction.detach(), conditioning))
-            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            optimizers["discriminator"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["discriminator"].step()
-            losses["critic"] = d_loss
+        stage.optimise(losses, losses["l1"], prediction, target, generator.unet.conv_out.weight,
+                       critic_input=lambda latents: critic_input(latents, conditioning))
         _log_step(stage, losses, sums, bar, evaluate)
     bar.close()
     stage.save()
@@ -520,11 +515,7 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
     generator.eval().requires_grad_(False)
     decoder = autoencoder.decoder.requires_grad_(True)
     discriminator = PatchDiscriminator(3)
-    optimizers = {
-        "model": torch.optim.AdamW(decoder.parameters(), lr=config.lr, weight_decay=1e-4),
-        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9)),
-    }
-    stage = _Stage("decoder", out_dir, {"model": decoder, "discriminator": discriminator}, optimizers, config)
+    stage = _Stage.adversarial("decoder", out_dir, decoder, discriminator, config)
     encoded = encode_clips(autoencoder, clips)
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
@@ -558,23 +549,7 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
         recon = autoencoder.decode_raw(inputs)
         target = images * 2 - 1
         losses = {"l1": (recon - target).abs().mean(), "pyramid": laplacian_pyramid_loss(recon, target)}
-        adversarial = stage.step >= config.adversarial_start
-        if adversarial:
-            fool = -discriminator(recon).mean()
-            scale = adversarial_scale(losses["l1"] + losses["pyramid"], fool, decoder[-2].weight,
-                                      config.adversarial_weight, _ramp(stage.step, config))
-            losses["generator_adv"] = scale * fool
-        optimizers["model"].zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        optimizers["model"].step()
-        if stage.step >= config.adversarial_start - 200:  # warm the critic up first
-            real, fake = discriminator(target), discriminator(recon.detach())
-            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            optimizers["discriminator"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["discriminator"].step()
-            losses["critic"] = d_loss
+        stage.optimise(losses, losses["l1"] + losses["pyramid"], recon, target, decoder[-2].weight)
         _log_step(stage, losses, sums, bar, evaluate)
     bar.close()
     stage.save()
