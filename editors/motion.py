@@ -57,6 +57,16 @@ class Polyline:
         return np.concatenate([xy, yaw[..., None]], axis=-1)
 
 
+def asset_box(asset: Asset, x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """``asset``'s bounding box with its origin at ``(x, y)`` [m] facing ``yaw`` [rad]: centre
+    (3,) [m] (the box middle), half sizes (3,) [m] along its own axes, and yaw [rad]; the form
+    :meth:`Traffic.step` takes obstacles in."""
+    middle = (asset.lower + asset.upper) / 2
+    c, s = np.cos(yaw), np.sin(yaw)
+    centre = np.array([x + c * middle[0] - s * middle[1], y + s * middle[0] + c * middle[1], middle[2]])
+    return centre, (asset.upper - asset.lower) / 2, float(yaw)
+
+
 class Traffic:
     """Vehicles and pedestrians moving along their own paths, stepped in time.
 
@@ -125,16 +135,8 @@ class Traffic:
         return np.array([*vehicles, *walkers]).reshape(-1, 3)
 
     def boxes(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Footprints now: per asset its centre (3,) [m] (the box middle), half sizes (3,) [m]
-        along its own axes, and yaw [rad]."""
-        out = []
-        for asset, (x, y, yaw) in zip(self.assets, self.poses()):
-            lower, upper = asset.lower, asset.upper
-            middle = (lower + upper) / 2
-            c, s = np.cos(yaw), np.sin(yaw)
-            centre = np.array([x + c * middle[0] - s * middle[1], y + s * middle[0] + c * middle[1], middle[2]])
-            out.append((centre, (upper - lower) / 2, float(yaw)))
-        return out
+        """Footprints now: per asset its :func:`asset_box`."""
+        return [asset_box(asset, x, y, yaw) for asset, (x, y, yaw) in zip(self.assets, self.poses())]
 
     def step(self, dt: float, obstacles: list[tuple[np.ndarray, np.ndarray, float]] = ()) -> None:
         """Advance ``dt`` [s]. ``obstacles``: extra boxes vehicles must not drive into, each a

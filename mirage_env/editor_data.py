@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from editors import AssetInstance, Polyline, composite, make_asset
 from editors.assets import VEHICLE_CLASSES
+from editors.motion import asset_box
 from mirage_env.envs.traffic import asset_primitives
 from mirage_env.expert import drive_route
 from mirage_env.scenario import load_map_assets
@@ -257,15 +258,6 @@ class EditResult:
     seconds: dict[str, float]
 
 
-def _footprint(asset, x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """``asset``'s ground box at ``(x, y)`` [m] facing ``yaw`` [rad] as a
-    :meth:`editors.Traffic.step` obstacle: centre (2,) [m], half sizes (2,) [m], yaw [rad]."""
-    middle = (asset.lower + asset.upper)[:2] / 2
-    c, s = math.cos(yaw), math.sin(yaw)
-    centre = np.array([x + c * middle[0] - s * middle[1], y + s * middle[0] + c * middle[1]])
-    return centre, (asset.upper - asset.lower)[:2] / 2, float(yaw)
-
-
 def clip_tracks(trajectory, spec: str | None, seed: int, vehicles: int, pedestrians: int,
                 explicit: list[dict]) -> tuple[list, list[np.ndarray]]:
     """Assets and their (T, 3) world tracks ``x, y, yaw`` over the clip's timestamps: the random
@@ -334,7 +326,7 @@ def clip_tracks(trajectory, spec: str | None, seed: int, vehicles: int, pedestri
             if t + 1 < len(times):
                 x, y, yaw = ego[t + 1, :3]
                 obstacles = [((x + 1.4 * np.cos(yaw), y + 1.4 * np.sin(yaw)), (2.3, 0.95), yaw)]
-                obstacles += [_footprint(asset, *track[t + 1]) for asset, track in zip(placed, placed_tracks)]
+                obstacles += [asset_box(asset, *track[t + 1]) for asset, track in zip(placed, placed_tracks)]
                 traffic.step(max(times[t + 1] - times[t], 1e-3), obstacles)
         history = np.stack(history)
         assets_out += traffic.assets
