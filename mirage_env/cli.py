@@ -142,7 +142,8 @@ def train_world_model(cfg: DictConfig) -> dict:
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 
     def stage(section: DictConfig) -> StageConfig:
-        rollouts = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps")
+        rollouts = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
+                                                  "noise_augmentation_start", "noise_augmentation_max")
                     if key in section}
         return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
                            adversarial_weight=section.adversarial_weight,
@@ -155,7 +156,8 @@ def train_world_model(cfg: DictConfig) -> dict:
     train_autoencoder(autoencoder, clips, stage(ae), out_dir, validation)
     gen = cfg.generator
     generator = TinyGenerator(latent_channels=ae.latent_channels, layout_channels=3,
-                              block_out_channels=tuple(gen.block_out_channels), layers_per_block=gen.layers_per_block)
+                              block_out_channels=tuple(gen.block_out_channels), layers_per_block=gen.layers_per_block,
+                              context_noise=gen.context_noise)
     train_generator(autoencoder, generator, clips, stage(gen), out_dir, validation)
     stages = ["autoencoder", "generator"]
     if cfg.decoder.steps:
@@ -210,8 +212,11 @@ Config:
 
 
 def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
+    gen = cfg.generator
+    schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start")
+                if gen.get(key) is not None]
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
-            ("generator.steps", cfg.generator.steps), ("decoder.steps", cfg.decoder.steps)]
+            ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps)]
 
 
 def train_editor(cfg: DictConfig) -> dict:

@@ -147,6 +147,20 @@ def test_generator_learns_from_rollouts(clips, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
 
 
+def test_generator_trains_on_noised_inputs_and_saves_the_noise_unit(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    config = StageConfig(steps=4, batch_size=2, noise_augmentation_start=2, noise_augmentation_max=1.0,
+                         checkpoint_every=2, log_every=2)
+    before = [p.detach().clone() for p in generator.parameters()]
+    train_generator(autoencoder, generator, clips, config, tmp_path)
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+    latents = encode_clips(autoencoder, clips)["latents"]
+    assert generator.config.latent_std == pytest.approx(float(latents[:8].float().std()), rel=1e-3)
+    generator.save_pretrained(str(tmp_path / "generator"))
+    loaded = TinyGenerator.from_pretrained(str(tmp_path / "generator"))
+    assert loaded.config.latent_std == generator.config.latent_std
+
+
 def test_pyramid_loss_sees_lost_detail_that_plain_l1_weighs_like_a_colour_shift(clips):
     images = clips["rgb"][0, :4].permute(0, 3, 1, 2).float() / 255
     blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)

@@ -7,7 +7,7 @@ from world_model.backbone import Conditioning
 from world_model.camera import camera_pose, intrinsics_from_fov
 from world_model.memory import MemoryRead
 from world_model.metrics import laplacian_variance, psnr, ssim
-from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator, noised
 from world_model.world_model import WorldModel, WorldModelConfig
 
 SIZE = 32
@@ -141,6 +141,74 @@ def test_conditioning_shapes_are_checked():
         Conditioning(read, torch.zeros(1, 1, 8, grid, grid), torch.zeros(2, 3)).check(8)
     with pytest.raises(ValueError, match="context"):
         Conditioning(read, torch.zeros(1, 8, grid, grid), torch.zeros(2, 6)).check(8)
+
+
+def test_noised_adds_noise_of_the_given_level_to_context_and_valid_memory_only():
+    grid, channels = 16, 8
+    valid = torch.zeros(4, 1, grid, grid, dtype=torch.bool)
+    valid[:, :, : grid // 2] = True  # top half valid, in both targets of both entries
+    latents = torch.where(valid, torch.ones(4, channels, grid, grid), torch.zeros(4, channels, grid, grid))
+    conditioning = Conditioning(MemoryRead(latents, valid, torch.full((4, 1, grid, grid), 5.0)),
+                                torch.zeros(2, 1, channels, grid, grid), torch.zeros(4, 6))
+    level = torch.tensor([0.5, 2.0])
+    out = noised(conditioning, level, latent_std=0.5, generator=torch.Generator().manual_seed(0))
+    context_noise = out.context - conditioning.context
+    memory_noise = out.memory.latents - latents
+    for entry, expected in enumerate((0.25, 1.0)):  # level * latent_std
+        assert context_noise[entry].std() == pytest.approx(expected, rel=0.1)
+        for target in (2 * entry, 2 * entry + 1):  # two targets per entry
+            assert memory_noise[target][:, : grid // 2].std() == pytest.approx(expected, rel=0.1)
+            assert torch.equal(out.memory.latents[target][:, grid // 2 :], latents[target][:, grid // 2 :])
+    assert torch.equal(out.memory.valid, valid) and out.motion is conditioning.motion
+    unchanged = noised(conditioning, torch.zeros(2), latent_std=0.5)
+    assert torch.equal(unchanged.context, conditioning.context) and torch.equal(unchanged.memory.latents, latents)
+    # One generator per entry: an entry's noise depends on its own seed only.
+    a = noised(conditioning, level, 0.5, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    b = noised(conditioning, level, 0.5, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(3)])
+    assert torch.equal(a.context[0], b.context[0]) and not torch.equal(a.context[1], b.context[1])
+    with pytest.raises(ValueError, match="one per batch entry"):
+        noised(conditioning, torch.zeros(4), latent_std=0.5)
+
+
+def test_generator_is_told_the_noise_level_and_the_backbone_adds_its_context_noise():
+    rgb, depth, K, pose = street_start()
+    backbone = tiny_backbone(seed=3)
+    model = WorldModel(backbone)
+    model.reset(rgb, K, pose, depth=depth)
+    conditioning = model.conditioning(forward_poses(1, 1)[:, 0], K)
+    noise = torch.randn(1, backbone.generator.config.noise_channels, SIZE // 4, SIZE // 4)
+    with torch.no_grad():
+        plain = backbone.generator(conditioning, noise)
+        assert torch.equal(plain, backbone.generator(conditioning, noise, torch.zeros(1)))
+        assert not torch.allclose(plain, backbone.generator(conditioning, noise, torch.ones(1)))
+
+    def frames(context_noise, seed):
+        backbone.context_noise = context_noise
+        model = WorldModel(backbone)
+        model.reset(rgb, K, pose, depth=depth)
+        return model.render(forward_poses(1, 3), K, generator=torch.Generator().manual_seed(seed)).rgb
+
+    clean = frames(0.0, 7)
+    assert torch.equal(frames(0.5, 7), frames(0.5, 7))  # still deterministic under a seed
+    assert not torch.equal(frames(0.5, 7), clean)
+    backbone.context_noise = 0.0
+
+
+def test_traced_generator_renders_what_the_eager_one_does():
+    rgb, depth, K, pose = street_start(2)
+    eager = tiny_backbone(seed=3)
+    traced = TinyBackbone(eager.autoencoder, eager.generator, trace=True)
+    outputs = []
+    for backbone in (eager, traced, traced):  # the second run reuses the traces
+        model = WorldModel(backbone, num_envs=2)
+        model.reset(rgb, K, pose, depth=depth)
+        one = model.render(forward_poses(1, 2), K[:1], generator=torch.Generator().manual_seed(7), env_ids=[0])
+        both = model.render(forward_poses(2, 2)[:, 1:], K, generator=torch.Generator().manual_seed(8))
+        outputs.append((one.rgb, both.rgb))
+    assert len(traced._traced) == 2  # one trace per batch shape
+    for run in outputs[1:]:
+        for a, b in zip(outputs[0], run):
+            assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding
 
 
 def test_pretrained_round_trip_and_clear_errors(tmp_path):

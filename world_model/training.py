@@ -18,7 +18,10 @@ Two stages, each resumable from its last checkpoint:
     maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
     sharp frames). From ``rollout_start`` on, a share of the batches come from the model's own
     rollouts instead (:class:`RolloutWorlds`): memory and context are then its own generated
-    frames, as in the env, so it learns to correct its drift instead of compounding it.
+    frames, as in the env, so it learns to correct its drift instead of compounding it. From
+    ``noise_augmentation_start`` on, memory and context latents get Gaussian noise of a random
+    level, which the generator is told (:func:`world_model.tiny_backbone.noised`), so that it
+    learns to see through corrupted inputs rather than copy them.
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
 same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
@@ -42,7 +45,7 @@ from world_model.camera import relative_motion
 from world_model.latent_cache import LatentCache, LatentCacheConfig
 from world_model.memory import MemoryFrame, token_depth
 from world_model.metrics import laplacian_variance, psnr
-from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
+from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator, noised
 from world_model.world_model import WorldModel
 
 
@@ -62,6 +65,8 @@ class StageConfig:
     rollout_start: int | None = None  # [steps] generator only: learn from its own rollouts from here (None: never)
     rollout_probability: float = 0.5  # share of those batches that are rollouts
     rollout_steps: int = 8  # [frames] longest rollout (targets per start)
+    noise_augmentation_start: int | None = None  # [steps] generator only: noised inputs from here (None: never)
+    noise_augmentation_max: float = 1.0  # highest noise level (in latent standard deviations), drawn uniformly
 
 
 class PatchDiscriminator(nn.Module):
@@ -437,6 +442,8 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     discriminator = PatchDiscriminator(cfg.latent_channels + 1 + cfg.layout_channels, channels=(64, 128), first_stride=1)
     stage = _Stage.adversarial("generator", out_dir, generator, discriminator, config)
     encoded = encode_clips(autoencoder, clips)
+    # The unit of noise levels, saved with the generator for the backbone's `context_noise`.
+    generator.register_to_config(latent_std=round(float(encoded["latents"][:8].float().std()), 4))
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
     backbone = TinyBackbone(autoencoder, generator)  # the rollouts' renderer, sharing the trained weights
@@ -475,8 +482,12 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
             conditioning, target, _ = worlds.targets()
         else:
             conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+        level = None
+        if config.noise_augmentation_start is not None and stage.step >= config.noise_augmentation_start:
+            level = torch.rand(target.shape[0], generator=sampler) * config.noise_augmentation_max
+            conditioning = noised(conditioning, level, generator.config.latent_std, sampler)
         noise = torch.randn(target.shape[0], cfg.noise_channels, *target.shape[-2:])
-        prediction = generator(conditioning, noise)
+        prediction = generator(conditioning, noise, level)
         if rollout:
             worlds.advance(prediction)
         losses = {"l1": (prediction - target).abs().mean()}
