@@ -165,8 +165,8 @@ def main() -> None:
         first_video = video if first_video is None else first_video
 
     def mean(memory: str, key: str) -> float:
-        values = [r["memories"][memory][key] for r in routes if r["memories"][memory][key] is not None]
-        return float(np.mean(values)) if values else float("nan")
+        value = _mean([r["memories"][memory][key] for r in routes])
+        return float("nan") if value is None else value
 
     keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
             "sharpness_ratio", "ms_per_frame")

@@ -142,13 +142,13 @@ def train_world_model(cfg: DictConfig) -> dict:
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 
     def stage(section: DictConfig) -> StageConfig:
-        rollouts = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
-                                                  "noise_augmentation_start", "noise_augmentation_max")
-                    if key in section}
+        generator_only = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
+                                                        "noise_augmentation_start", "noise_augmentation_max")
+                          if key in section}
         return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
                            adversarial_weight=section.adversarial_weight,
                            adversarial_start=section.adversarial_start, adversarial_ramp=section.adversarial_ramp,
-                           checkpoint_every=cfg.checkpoint_every, **rollouts)
+                           checkpoint_every=cfg.checkpoint_every, **generator_only)
 
     ae = cfg.autoencoder
     autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),

@@ -299,6 +299,12 @@ def encode_clips(autoencoder: TinyAutoencoder, clips: dict, batch_size: int = 64
     return {k: torch.cat(v).view(count, length, *v[0].shape[1:]) for k, v in parts.items()}
 
 
+def latent_std(latents: torch.Tensor) -> float:
+    """Standard deviation of encoded clip latents (over the first 8 clips): the unit of the
+    latent noise levels in training and of the generator's ``latent_std``."""
+    return float(latents[:8].float().std())
+
+
 def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int, generator: torch.Generator,
                     window: int = 12, max_memory_frames: int = 5, latent_noise: float = 0.1):
     """A training batch for the generator: ``(conditioning, target latents (B, C, h, w), target
@@ -312,7 +318,7 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
     cache = LatentCache(batch_size, channels, LatentCacheConfig(downsample=downsample))
     K = clips["K"][None]
     image_size = tuple(clips["rgb"].shape[2:4])
-    scale = float(latents_all[:8].float().std())
+    scale = latent_std(latents_all)
 
     def rand(high: int, low: int = 0) -> int:
         return int(torch.randint(low, high, (1,), generator=generator))
@@ -443,7 +449,7 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     stage = _Stage.adversarial("generator", out_dir, generator, discriminator, config)
     encoded = encode_clips(autoencoder, clips)
     # The unit of noise levels, saved with the generator for the backbone's `context_noise`.
-    generator.register_to_config(latent_std=round(float(encoded["latents"][:8].float().std()), 4))
+    generator.register_to_config(latent_std=round(latent_std(encoded["latents"]), 4))
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
     backbone = TinyBackbone(autoencoder, generator)  # the rollouts' renderer, sharing the trained weights
