@@ -28,6 +28,7 @@ class LayoutRasteriser:
         self.classes = torch.as_tensor(ground.classes, dtype=torch.long, device=self.device)
         self.origin = torch.tensor([ground.x0, ground.y0], dtype=torch.float32, device=self.device)
         self.texel = ground.texel
+        self._class_ids = torch.tensor([int(c) for c in LAYOUT_CLASSES], device=self.device).view(1, -1, 1, 1)
 
     @torch.no_grad()
     def __call__(self, cam_to_world: torch.Tensor, K: torch.Tensor, height: int, width: int,
@@ -35,20 +36,32 @@ class LayoutRasteriser:
         """(B, len(LAYOUT_CLASSES), height / downsample, width / downsample) in [0, 1]: per cell
         the fraction of its pixels showing each layout class, for images of ``height`` x
         ``width`` with intrinsics ``K`` (B, 3, 3) at ``cam_to_world`` (B, 4, 4)."""
-        check_intrinsics(K)
-        check_poses(cam_to_world, K.shape[0])
+        return self.classify(*ground_hits(cam_to_world.to(self.device), K.to(self.device), height, width), downsample)
+
+    @torch.no_grad()
+    def classify(self, ground: torch.Tensor, seen: torch.Tensor, downsample: int = 1) -> torch.Tensor:
+        """The layout (see ``__call__``) of rays that hit the ground at ``ground`` (B, H, W, 2)
+        [m] where ``seen`` (B, H, W) (from :func:`ground_hits`, which may serve several maps)."""
+        height, width = seen.shape[-2:]
         if height % downsample or width % downsample:
             raise ValueError(f"image size {height}x{width} is not a multiple of downsample {downsample}")
-        origins, directions = camera_rays(K.to(self.device, torch.float32), cam_to_world.to(self.device, torch.float32),
-                                          height, width)
-        down = directions[..., 2]  # (B, H, W)
-        t = -origins[:, None, None, 2] / down.clamp(max=-1e-6)
-        seen = (down < -1e-6) & (t * directions.norm(dim=-1) < _MAX_GROUND_M)
-        ground = origins[:, None, None, :2] + directions[..., :2] * t[..., None]
         cell = torch.floor((ground - self.origin) / self.texel).long()
         rows, cols = self.classes.shape
         inside = seen & (cell[..., 0] >= 0) & (cell[..., 0] < cols) & (cell[..., 1] >= 0) & (cell[..., 1] < rows)
         label = self.classes[cell[..., 1].clamp(0, rows - 1), cell[..., 0].clamp(0, cols - 1)]
-        label = torch.where(inside, label, torch.full_like(label, -1))
-        onehot = torch.stack([label == int(c) for c in LAYOUT_CLASSES], dim=1).float()
+        label = torch.where(inside, label, -1)
+        onehot = (label[:, None] == self._class_ids).float()
         return F.avg_pool2d(onehot, downsample)
+
+
+def ground_hits(cam_to_world: torch.Tensor, K: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pixel's ray meets the ground plane z = 0: points (B, H, W, 2) [m] and whether
+    it does within ``_MAX_GROUND_M`` (B, H, W), for images of ``height`` x ``width`` with
+    intrinsics ``K`` (B, 3, 3) at ``cam_to_world`` (B, 4, 4)."""
+    check_intrinsics(K)
+    check_poses(cam_to_world, K.shape[0])
+    origins, directions = camera_rays(K.float(), cam_to_world.float(), height, width)
+    down = directions[..., 2]  # (B, H, W)
+    t = -origins[:, None, None, 2] / down.clamp(max=-1e-6)
+    seen = (down < -1e-6) & (t * directions.norm(dim=-1) < _MAX_GROUND_M)
+    return origins[:, None, None, :2] + directions[..., :2] * t[..., None], seen

@@ -193,7 +193,7 @@ def test_generator_is_told_the_noise_level_and_the_backbone_adds_its_context_noi
     assert not torch.equal(frames(0.5, 7), clean)
 
 
-def test_traced_generator_renders_what_the_eager_one_does():
+def test_traced_backbone_renders_what_the_eager_one_does():
     rgb, depth, K, pose = street_start(2)
     eager = tiny_backbone(seed=3)
     traced = TinyBackbone(eager.autoencoder, eager.generator, trace=True)
@@ -204,7 +204,7 @@ def test_traced_generator_renders_what_the_eager_one_does():
         one = model.render(forward_poses(1, 2), K[:1], generator=torch.Generator().manual_seed(7), env_ids=[0])
         both = model.render(forward_poses(2, 2)[:, 1:], K, generator=torch.Generator().manual_seed(8))
         outputs.append((one.rgb, both.rgb))
-    assert len(traced._traced) == 2  # one trace per batch shape
+    assert len(traced._traced) == 3 * 2  # UNet, decoder and depth head, one trace per batch shape
     for run in outputs[1:]:
         for a, b in zip(outputs[0], run):
             assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding

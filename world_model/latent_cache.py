@@ -365,41 +365,45 @@ class LatentCache:
         world_to_cam = invert_pose(cam_to_world.to(self.device, torch.float32))
 
         radius = cfg.max_splat_radius
+        # Pair every view with each token of its cache, all views at once: tokens sorted by
+        # cache (stable, so index order within a cache), each view taking its cache's range.
         cache = self.cache
-        parts = []
-        for b in range(batch):  # per view: its cache's tokens into its camera, culled early
-            token = (cache == ids[b]).nonzero()[:, 0]
-            rotation, translation = world_to_cam[b, :3, :3], world_to_cam[b, :3, 3]
-            position, voxel = self._positions(token)
-            local = position @ rotation.T + translation
-            z = local[:, 2]
-            fx, fy, cx, cy = K_latent[b, 0, 0], K_latent[b, 1, 1], K_latent[b, 0, 2], K_latent[b, 1, 2]
-            u = fx * local[:, 0] / z.clamp(min=_NEAR_M) + cx
-            v = fy * local[:, 1] / z.clamp(min=_NEAR_M) + cy
-            # Only tokens in front whose own cell is within a splat radius of the grid.
-            near = ((z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius))
-            keep = near.nonzero()[:, 0]
-            token, local, u, v, voxel = token[keep], local[keep], u[keep], v[keep], voxel[keep]
-            # The token's surface patch (centre +- its two half-axes) projected into the target.
-            axes = (self.patch[token].float() * (voxel / _PATCH_STEPS)[:, None, None]) @ rotation.T
-            corners = local[:, None, :] + torch.cat([axes, -axes], 1)
-            corner_z = corners[..., 2].clamp(min=_NEAR_M)
-            corner_u = fx * corners[..., 0] / corner_z + cx
-            corner_v = fy * corners[..., 1] / corner_z + cy
-            home_col, home_row = torch.floor(u).long(), torch.floor(v).long()
-            # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most
-            # `radius` away; columns then rows, as (first, last) pairs.
-            first = torch.ceil(torch.stack([corner_u.amin(1), corner_v.amin(1)], 1) - 0.5).long()
-            last = torch.floor(torch.stack([corner_u.amax(1), corner_v.amax(1)], 1) - 0.5).long()
-            home = torch.stack([home_col, home_row], 1)
-            first = torch.minimum(first, home).clamp(min=home - radius)
-            last = torch.maximum(last, home).clamp(max=home + radius)
-            on_grid = (last >= 0).all(1) & (first[:, 0] < width) & (first[:, 1] < height)
-            ints = torch.cat([token[:, None], home, first, last], 1)[on_grid]
-            ints = torch.cat([torch.full_like(ints[:, :1], b), ints], 1)
-            parts.append((ints, local[on_grid, 2]))
-        ints, z = (torch.cat(tensors) for tensors in zip(*parts))
-        view, token, home, first, last = ints[:, 0], ints[:, 1], ints[:, 2:4], ints[:, 4:6], ints[:, 6:8]
+        order = torch.argsort(cache, stable=True)
+        counts = torch.bincount(cache, minlength=self.num_caches)
+        starts = torch.cumsum(counts, 0) - counts
+        per_view = counts[ids]
+        view = torch.arange(batch, device=self.device).repeat_interleave(per_view)
+        offset = torch.arange(len(view), device=self.device) - (torch.cumsum(per_view, 0) - per_view)[view]
+        token = order[starts[ids][view] + offset]
+        rotation, translation = world_to_cam[:, :3, :3], world_to_cam[:, :3, 3]
+        position, voxel = self._positions(token)
+        local = torch.einsum("nij,nj->ni", rotation[view], position) + translation[view]
+        z = local[:, 2]
+        fx, fy, cx, cy = (K_latent[view, row, col] for row, col in ((0, 0), (1, 1), (0, 2), (1, 2)))
+        u = fx * local[:, 0] / z.clamp(min=_NEAR_M) + cx
+        v = fy * local[:, 1] / z.clamp(min=_NEAR_M) + cy
+        # Only tokens in front whose own cell is within a splat radius of the grid.
+        near = ((z > _NEAR_M) & (u > -radius) & (u < width + radius) & (v > -radius) & (v < height + radius))
+        keep = near.nonzero()[:, 0]
+        view, token, local, u, v, voxel = view[keep], token[keep], local[keep], u[keep], v[keep], voxel[keep]
+        fx, fy, cx, cy = fx[keep, None], fy[keep, None], cx[keep, None], cy[keep, None]
+        # The token's surface patch (centre +- its two half-axes) projected into the target.
+        axes = torch.einsum("nak,njk->naj", self.patch[token].float() * (voxel / _PATCH_STEPS)[:, None, None],
+                            rotation[view])
+        corners = local[:, None, :] + torch.cat([axes, -axes], 1)
+        corner_z = corners[..., 2].clamp(min=_NEAR_M)
+        corner_u = fx * corners[..., 0] / corner_z + cx
+        corner_v = fy * corners[..., 1] / corner_z + cy
+        home = torch.stack([torch.floor(u), torch.floor(v)], 1).long()
+        # Cells whose centres (c + 0.5) the patch covers, always the token's own, at most
+        # `radius` away; columns then rows, as (first, last) pairs.
+        first = torch.ceil(torch.stack([corner_u.amin(1), corner_v.amin(1)], 1) - 0.5).long()
+        last = torch.floor(torch.stack([corner_u.amax(1), corner_v.amax(1)], 1) - 0.5).long()
+        first = torch.minimum(first, home).clamp(min=home - radius)
+        last = torch.maximum(last, home).clamp(max=home + radius)
+        on_grid = ((last >= 0).all(1) & (first[:, 0] < width) & (first[:, 1] < height)).nonzero()[:, 0]
+        view, token, home, first, last = view[on_grid], token[on_grid], home[on_grid], first[on_grid], last[on_grid]
+        z = local[on_grid, 2]
 
         # Expand each token to the cells of its splat rectangle.
         size = last - first + 1
@@ -515,15 +519,21 @@ def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
     depth = torch.cat([depth, torch.full((batch, 1), float("inf"), device=device)], 1)
     neighbour = torch.where(table >= 0, table, cells).view(-1)
     hit = valid[:, neighbour].view(batch, *table.shape)  # (B, 4, 2, reach, hw)
-    nearest_step = hit.float().argmax(dim=3, keepdim=True)  # first valid step on each side
-    found = hit.gather(3, nearest_step)[:, :, :, 0]  # (B, 4, 2, hw)
-    source = table.expand(batch, -1, -1, -1, -1).gather(3, nearest_step)[:, :, :, 0]
+    # Per direction and side, the nearest valid cell within reach (a few elementwise passes:
+    # a reduction along that short axis is far slower on CPU).
+    source = table[:, :, 0].expand(batch, -1, -1, -1).clone()  # (B, 4, 2, hw)
+    found = torch.zeros_like(source, dtype=torch.bool)
+    for step in reversed(range(reach)):  # the nearest step comes last and wins
+        hit_step = hit[:, :, :, step]
+        source = torch.where(hit_step, table[:, :, step], source)
+        found |= hit_step
     source_depth = torch.where(found, depth.gather(1, source.clamp(min=0).reshape(batch, -1)).view_as(source),
                                float("inf"))
     both_sides = found.all(dim=2)  # (B, 4, hw)
-    side = source_depth.argmin(dim=2, keepdim=True)  # the nearer side
-    candidate = source.gather(2, side)[:, :, 0]
-    candidate_depth = torch.where(both_sides, source_depth.gather(2, side)[:, :, 0], float("inf"))
+    second_nearer = source_depth[:, :, 1] < source_depth[:, :, 0]  # else the first side, also on ties
+    candidate = torch.where(second_nearer, source[:, :, 1], source[:, :, 0])
+    candidate_depth = torch.where(both_sides, torch.minimum(source_depth[:, :, 0], source_depth[:, :, 1]),
+                                  float("inf"))
     best_depth, direction = candidate_depth.min(dim=1)  # (B, hw) nearest over directions
     best = candidate.gather(1, direction[:, None])[:, 0]
     filled = (torch.isfinite(best_depth) & ~read.valid.reshape(batch, cells)).view_as(read.valid)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mirage_env.layout import LayoutRasteriser
+from mirage_env.layout import LayoutRasteriser, ground_hits
 from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.scenario import MapScenario, Scenario, StartFrame
 from world_model.camera import check_intrinsics, check_poses, scale_intrinsics
@@ -125,14 +125,15 @@ class WorldModelFrames:
         _check_render_call(slots, cam_to_world, K, self._generators)
         K_model = self._model_intrinsics(K)
         layout = None
-        if any(self._layouts[slot] is not None for slot in slots):
+        mapped = [index for index, slot in enumerate(slots) if self._layouts[slot] is not None]
+        if mapped:
+            # One ray cast for every env with a map, then each env's own map classifies its hits.
+            ground, seen = ground_hits(cam_to_world[mapped], K_model[mapped], self.model_size, self.model_size)
             grid = self.model_size // self.model.backbone.downsample
             layout = torch.zeros(len(slots), 1, self.model.backbone.layout_channels, grid, grid)
-            for index, slot in enumerate(slots):
-                if self._layouts[slot] is not None:
-                    layout[index, 0] = self._layouts[slot](cam_to_world[index:index + 1], K_model[index:index + 1],
-                                                           self.model_size, self.model_size,
-                                                           self.model.backbone.downsample)[0]
+            for row, index in enumerate(mapped):
+                layout[index, 0] = self._layouts[slots[index]].classify(ground[row:row + 1], seen[row:row + 1],
+                                                                        self.model.backbone.downsample)[0]
         size = (self.model_size, self.model_size)
         if dynamic is not None:
             dynamic = (F.interpolate(dynamic.float(), size=size, mode="bilinear", align_corners=False) > 0)[:, None]
