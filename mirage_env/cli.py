@@ -129,7 +129,7 @@ def train_world_model(cfg: DictConfig) -> dict:
     """Train the default world-model backbone on clips rendered from procedural towns."""
     from mirage_env.world_model_data import ClipConfig, generate_shards, load_shards
     from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-    from world_model.training import StageConfig, train_autoencoder, train_decoder, train_generator
+    from world_model.training import StageConfig, decoder_student, train_autoencoder, train_decoder, train_generator
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -161,7 +161,10 @@ def train_world_model(cfg: DictConfig) -> dict:
     train_generator(autoencoder, generator, clips, stage(gen), out_dir, validation)
     stages = ["autoencoder", "generator"]
     if cfg.decoder.steps:
-        train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation)
+        student = None
+        if cfg.decoder.channels is not None:
+            student = decoder_student(autoencoder, tuple(cfg.decoder.channels), tuple(cfg.decoder.blocks))
+        autoencoder = train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation, student)
         stages.append("decoder")
     model_dir = TinyBackbone(autoencoder, generator).save_pretrained(out_dir / "model")
     logs = {name: json.loads((out_dir / f"{name}_log.json").read_text()) for name in stages}
@@ -183,9 +186,10 @@ def train_world_model(cfg: DictConfig) -> dict:
 
 def _model_card(summary: dict, cfg: DictConfig) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items() if key != "model")
-    decoder = ("; `decoder_val_*` measure the generator's frames through the decoder fine-tuned alone on "
-               "its latents (the sharpness ratio is their Laplacian variance over the truth's)"
-               if "decoder_steps" in summary else "")
+    tuned = ("the smaller decoder distilled from the autoencoder's" if cfg.decoder.get("channels") is not None
+             else "the decoder fine-tuned alone on its latents")
+    decoder = (f"; `decoder_val_*` measure the generator's frames through {tuned} (the sharpness ratio is "
+               "their Laplacian variance over the truth's)" if "decoder_steps" in summary else "")
     return f"""# Mirage Env default world model (TinyBackbone)
 
 A small autoencoder with a co-trained depth head and a one-step UNet2DModel generator
@@ -216,7 +220,9 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start")
                 if gen.get(key) is not None]
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
-            ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps)]
+            ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
+            *[(f"decoder.{key}", f"[{','.join(map(str, cfg.decoder[key]))}]") for key in ("channels", "blocks")
+              if cfg.decoder.get("channels") is not None]]
 
 
 def train_editor(cfg: DictConfig) -> dict:

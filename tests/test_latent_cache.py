@@ -185,6 +185,27 @@ def test_caches_are_independent_and_batched(street):
     assert len(cache) == 0
 
 
+def test_interleaved_caches_read_as_if_alone(street):
+    """All caches share flat tensors kept in key order: interleaved writes into three caches
+    and one batched read of all three match caches that saw only their own frames."""
+    poses, K, out = street
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    shared, alone = LatentCache(3, 4, EXACT), [LatentCache(1, 4, EXACT) for _ in range(3)]
+    for frame in range(3):
+        for cache_id in (2, 0, 1):
+            index = (frame + cache_id) % 3
+            written = MemoryFrame(latents[index:index + 1], out.depth[index:index + 1], K[:1], poses[index:index + 1])
+            shared.write(written, cache_ids=[cache_id])
+            alone[cache_id].write(written)
+    assert (shared.key[1:] >= shared.key[:-1]).all()
+    assert [shared.count(i) for i in range(3)] == [len(cache) for cache in alone]
+    read = shared.read(poses[[1, 1, 1]], K, (SIZE, SIZE), cache_ids=[0, 1, 2])
+    for cache_id, cache in enumerate(alone):
+        own = cache.read(poses[1:2], K[:1], (SIZE, SIZE))
+        assert own.valid.any()
+        assert torch.equal(read.valid[cache_id], own.valid[0]) and torch.equal(read.latents[cache_id], own.latents[0])
+
+
 def test_snapshot_restores_exactly(street, tmp_path):
     poses, K, out = street
     cache = LatentCache(2, 4)

@@ -14,7 +14,8 @@ from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from world_model.camera import relative_motion
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-from world_model.training import (RolloutWorlds, StageConfig, encode_clips, laplacian_pyramid_loss,
+from world_model.metrics import psnr
+from world_model.training import (RolloutWorlds, StageConfig, decoder_student, encode_clips, laplacian_pyramid_loss,
                                   reconstruction_psnr, rollout_batch, train_autoencoder, train_decoder,
                                   train_generator)
 
@@ -189,13 +190,38 @@ def test_decoder_fine_tuning_changes_only_the_decoder(clips, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(decoder_before, autoencoder.decoder.parameters()))
 
 
+def test_decoder_distils_into_a_smaller_student(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    train_autoencoder(autoencoder, clips, StageConfig(steps=30, batch_size=4, lr=2e-3, adversarial_start=1000,
+                                                      log_every=10, checkpoint_every=30), tmp_path / "teacher")
+    teacher = {name: p.detach().clone() for name, p in autoencoder.named_parameters()}
+    student = decoder_student(autoencoder, (8, 4), (1, 1))
+    assert sum(p.numel() for p in student.decoder.parameters()) < sum(p.numel() for p in autoencoder.decoder.parameters()) / 2
+    latents = encode_clips(autoencoder, clips)["latents"].flatten(0, 1).float()
+
+    def agreement() -> float:  # PSNR of the student's frames against the teacher's
+        with torch.no_grad():
+            return float(psnr(student.decode(latents), autoencoder.decode(latents)).mean())
+
+    before = agreement()
+    config = StageConfig(steps=40, batch_size=4, lr=3e-3, adversarial_start=30, checkpoint_every=20, log_every=20)
+    trained = train_decoder(autoencoder, generator, clips, config, tmp_path / "student", validation=clips,
+                            student=student)
+    assert trained is student
+    assert agreement() > before + 3  # it learned the teacher's decoding
+    assert all(torch.equal(p, teacher[name]) for name, p in autoencoder.named_parameters())  # teacher untouched
+    for part in ("encoder", "depth_head"):  # the student encodes and estimates depth exactly as the teacher
+        assert all(torch.equal(a, b) for a, b in zip(getattr(student, part).parameters(),
+                                                     getattr(autoencoder, part).parameters()))
+
+
 def test_train_world_model_command_smoke(tmp_path):
     """`mirage train-world-model` end to end at a toy size, in a subprocess."""
     command = [
         sys.executable, "-m", "mirage_env.cli", "train-world-model", f"out_dir={tmp_path / 'run'}",
         f"data.dir={tmp_path / 'data'}", "data.towns=1", "data.validation_towns=1", "data.size=32", "data.frames=4",
         "data.clips_per_town=1", "autoencoder.steps=4", "autoencoder.batch_size=2", "generator.steps=4",
-        "decoder.steps=2", "decoder.batch_size=2",
+        "decoder.steps=2", "decoder.batch_size=2", "decoder.channels=[16,8]",
         "generator.batch_size=2", "checkpoint_every=2",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -203,3 +229,6 @@ def test_train_world_model_command_smoke(tmp_path):
     assert (tmp_path / "data" / "town_0.safetensors").is_file()
     for part in ("autoencoder", "generator"):
         assert (tmp_path / "run" / "model" / part / "diffusion_pytorch_model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "model" / "autoencoder" / "config.json").read_text())
+    assert saved["decoder_channels"] == [16, 8]  # the distilled decoder is the one saved
+    assert "decoder.channels=[16,8]" in (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()

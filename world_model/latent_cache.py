@@ -49,8 +49,10 @@ Read
     column or diagonal, within ``max_splat_radius`` cells, takes the nearer of the two. Empty
     cells at the border of what the cache saw (sky, unexplored space) stay empty.
 
-All caches of a batch (one per env) live in flat tensors tagged with their cache id; every step
-is tensor code with no Python loop over tokens. Works on any torch device.
+All caches of a batch (one per env) live in flat tensors sorted by voxel key, whose leading
+field is the cache id: a cache's tokens are one range of them, and finding a voxel is a binary
+search, so a write costs O(tokens written * log tokens held) plus one gather per state tensor.
+Every step is tensor code with no Python loop over tokens or views. Works on any torch device.
 """
 
 from __future__ import annotations
@@ -224,10 +226,7 @@ class LatentCache:
             "confidence": confidence[:, 0][mask].half(),
             "last_used": torch.full_like(view, self.step, dtype=torch.int32),
         }
-        old = len(self)
-        for name in _STATE:
-            setattr(self, name, torch.cat([getattr(self, name), new[name]]))
-        self._fuse(old)
+        self._fuse(new)
         self._enforce_budget()
         return int(mask.sum())
 
@@ -268,7 +267,7 @@ class LatentCache:
             for step in (1, -1):
                 other = (level + step).clamp(0, cfg.voxel_levels - 1)
                 other_key, other_cell, other_voxel = self._pack(position, other, cache)
-                snap = ~torch.isin(key, self.key) & torch.isin(other_key, self.key)
+                snap = ~self._holds(key) & self._holds(other_key)
                 key = torch.where(snap, other_key, key)
                 cell = torch.where(snap[:, None], other_cell, cell)
                 voxel = torch.where(snap, other_voxel, voxel)
@@ -303,28 +302,62 @@ class LatentCache:
         voxel = self.config.voxel_min_m * torch.pow(2.0, level.float())
         return torch.stack([x, y, z], dim=1).float(), voxel
 
-    def _fuse(self, old: int) -> None:
-        """Fuse the tokens from index ``old`` on (this write) into their voxels: in a voxel the
-        most confident token wins, ties to the new write; if it is new, the new tokens with its
-        confidence replace the voxel's old ones, else the old ones stay and the new are dropped.
-        Voxels this write did not touch keep what they hold."""
-        count = len(self)
-        is_new = torch.arange(count, device=self.device) >= old
-        touched = torch.isin(self.key, self.key[old:])
-        index = touched.nonzero()[:, 0]
-        # Within a voxel: most confident first, new before old among equals.
-        order = index[torch.argsort(is_new[index].int(), descending=True, stable=True)]
-        order = order[torch.argsort(self.confidence[order].float(), descending=True, stable=True)]
-        order = order[torch.argsort(self.key[order], stable=True)]
-        sorted_key = self.key[order]
-        first = torch.ones_like(sorted_key, dtype=torch.bool)
-        first[1:] = sorted_key[1:] != sorted_key[:-1]
-        best = order[first][torch.cumsum(first.long(), 0) - 1]  # each token's voxel winner
-        keep_sorted = torch.where(is_new[best], is_new[order] & (self.confidence[order] == self.confidence[best]),
-                                  ~is_new[order])
-        keep = ~touched
-        keep[order] = keep_sorted
-        self._keep(keep)
+    def _holds(self, key: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: whether each of ``key`` (n,) is a voxel the cache holds (binary search in
+        the sorted keys)."""
+        if not len(self):
+            return torch.zeros_like(key, dtype=torch.bool)
+        index = torch.searchsorted(self.key, key).clamp(max=len(self) - 1)
+        return self.key[index] == key
+
+    def _fuse(self, new: dict[str, torch.Tensor]) -> None:
+        """Fuse this write's tokens ``new`` (state name -> (n, ...)) into their voxels: in a voxel
+        the most confident token wins, ties to the new write; if it is new, the new tokens with
+        its confidence replace the voxel's old ones, else the old ones stay and the new are
+        dropped. Voxels this write did not touch keep what they hold. Survivors are inserted
+        in key order, which keeps every lookup a binary search."""
+        order = torch.argsort(new["key"], stable=True)
+        new = {name: value[order] for name, value in new.items()}
+        key = new["key"]
+        # The old tokens of the voxels this write touches: one short range of the sorted keys
+        # per distinct new key.
+        distinct = torch.ones_like(key, dtype=torch.bool)
+        distinct[1:] = key[1:] != key[:-1]
+        begin = torch.searchsorted(self.key, key[distinct])
+        span = torch.searchsorted(self.key, key[distinct], right=True) - begin
+        within = torch.arange(int(span.sum()), device=self.device) - (torch.cumsum(span, 0) - span).repeat_interleave(span)
+        old = begin.repeat_interleave(span) + within
+        # Decide each touched voxel among its old and new tokens: most confident first, new
+        # before old among equals.
+        keys = torch.cat([self.key[old], key])
+        confidence = torch.cat([self.confidence[old], new["confidence"]]).float()
+        is_new = torch.arange(len(keys), device=self.device) >= len(old)
+        ranked = torch.argsort(is_new.int(), descending=True, stable=True)
+        ranked = ranked[torch.argsort(confidence[ranked], descending=True, stable=True)]
+        ranked = ranked[torch.argsort(keys[ranked], stable=True)]
+        first = torch.ones_like(ranked, dtype=torch.bool)
+        first[1:] = keys[ranked[1:]] != keys[ranked[:-1]]
+        best = ranked[first][torch.cumsum(first.long(), 0) - 1]  # each token's voxel winner
+        keep = torch.empty_like(is_new)
+        keep[ranked] = torch.where(is_new[best], is_new[ranked] & (confidence[ranked] == confidence[best]),
+                                   ~is_new[ranked])
+        stays = torch.ones(len(self), dtype=torch.bool, device=self.device)
+        stays[old] = keep[: len(old)]
+        self._merge(stays, {name: value[keep[len(old):]] for name, value in new.items()})
+
+    def _merge(self, stays: torch.Tensor, new: dict[str, torch.Tensor]) -> None:
+        """Keep the tokens where ``stays`` (N,) and insert tokens ``new`` (sorted by key) after
+        the equal keys, in one gather per state tensor."""
+        count, added = len(self), len(new["key"])
+        position = torch.searchsorted(self.key, new["key"], right=True)  # the old token each goes before
+        old_slot = torch.arange(count, device=self.device)
+        old_slot = old_slot + torch.searchsorted(position, old_slot, right=True)
+        source = torch.empty(count + added, dtype=torch.long, device=self.device)
+        source[old_slot] = torch.arange(count, device=self.device)
+        source[position + torch.arange(added, device=self.device)] = torch.arange(count, count + added, device=self.device)
+        source = source[torch.cat([stays, torch.ones(added, dtype=torch.bool, device=self.device)])[source]]
+        for name in _STATE:
+            setattr(self, name, torch.cat([getattr(self, name), new[name]])[source])
 
     def _enforce_budget(self) -> None:
         max_tokens = self.config.budget_bytes // self.bytes_per_token
@@ -365,16 +398,13 @@ class LatentCache:
         world_to_cam = invert_pose(cam_to_world.to(self.device, torch.float32))
 
         radius = cfg.max_splat_radius
-        # Pair every view with each token of its cache, all views at once: tokens sorted by
-        # cache (stable, so index order within a cache), each view taking its cache's range.
-        cache = self.cache
-        order = torch.argsort(cache, stable=True)
-        counts = torch.bincount(cache, minlength=self.num_caches)
-        starts = torch.cumsum(counts, 0) - counts
-        per_view = counts[ids]
+        # Pair every view with each token of its cache, all views at once: the cache id leads
+        # the sorted keys, so a cache's tokens are one range of them.
+        begin = torch.searchsorted(self.key, ids << _CACHE_SHIFT)
+        per_view = torch.searchsorted(self.key, (ids << _CACHE_SHIFT) | (2**_CACHE_SHIFT - 1), right=True) - begin
         view = torch.arange(batch, device=self.device).repeat_interleave(per_view)
         offset = torch.arange(len(view), device=self.device) - (torch.cumsum(per_view, 0) - per_view)[view]
-        token = order[starts[ids][view] + offset]
+        token = begin[view] + offset
         rotation, translation = world_to_cam[:, :3, :3], world_to_cam[:, :3, 3]
         position, voxel = self._positions(token)
         local = torch.einsum("nij,nj->ni", rotation[view], position) + translation[view]
@@ -466,8 +496,9 @@ class LatentCache:
             raise ValueError(f"{path} is not a latent cache snapshot (format={metadata.get('format')!r})")
         cache = cls(int(metadata["num_caches"]), int(metadata["channels"]),
                     LatentCacheConfig(**json.loads(metadata["config"])), device)
+        order = torch.argsort(tensors["key"], stable=True)  # older snapshots are not in key order
         for name in _STATE:
-            setattr(cache, name, tensors[name])
+            setattr(cache, name, tensors[name][order])
         cache.step = int(metadata["step"])
         return cache
 

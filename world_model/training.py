@@ -1,6 +1,6 @@
 """Training loops of the default backbone: tensors in, checkpoints and loss curves out.
 
-Two stages, each resumable from its last checkpoint:
+Three stages, each resumable from its last checkpoint:
 
 ``train_autoencoder``
     Frames -> latents -> frames with an L1 loss, a small latent-magnitude penalty, random
@@ -22,6 +22,10 @@ Two stages, each resumable from its last checkpoint:
     ``noise_augmentation_start`` on, memory and context latents get Gaussian noise of a random
     level, which the generator is told (:func:`world_model.tiny_backbone.noised`), so that it
     learns to see through corrupted inputs rather than copy them.
+``train_decoder`` (optional)
+    Fine-tunes the decoder alone on the generator's latents against the true frames, or
+    distils it into a smaller student decoder (decoding is a per-step cost), each with an
+    adversarial loss against true frames.
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
 same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
@@ -520,17 +524,24 @@ def laplacian_pyramid_loss(prediction: torch.Tensor, target: torch.Tensor, level
 
 
 def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
-                  out_dir: str | Path, validation: dict | None = None) -> TinyAutoencoder:
+                  out_dir: str | Path, validation: dict | None = None,
+                  student: TinyAutoencoder | None = None) -> TinyAutoencoder:
     """Fine-tune the autoencoder's decoder alone on the latents the trained generator makes
     (and, for half of each batch, on true latents with noise), against the true frames: L1,
     a Laplacian-pyramid loss and a hinge adversarial loss. The encoder, depth head and
     generator stay frozen, so the latent space and the generator remain valid; only the
     frames get sharper. Validation logs the sharpness ratio (Laplacian variance of decoded
-    generated frames over the truth's) and their PSNR."""
+    generated frames over the truth's) and their PSNR.
+
+    With ``student`` (an autoencoder with the same encoder and depth head and a smaller
+    decoder, see :func:`decoder_student`), its decoder is trained instead, on the same inputs,
+    to reproduce the autoencoder's decoded frames (distillation: L1 and pyramid losses against
+    them) while the critic still tells its frames from true ones; returns the student."""
     torch.manual_seed(config.seed)
     autoencoder.eval().requires_grad_(False)
     generator.eval().requires_grad_(False)
-    decoder = autoencoder.decoder.requires_grad_(True)
+    trained = autoencoder if student is None else student.eval().requires_grad_(False)
+    decoder = trained.decoder.requires_grad_(True)
     discriminator = PatchDiscriminator(3)
     stage = _Stage.adversarial("decoder", out_dir, decoder, discriminator, config)
     encoded = encode_clips(autoencoder, clips)
@@ -545,13 +556,14 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
 
         def evaluate() -> dict[str, float]:
             decoder.eval()
-            frames = _generated(autoencoder, generator, val_conditioning)
+            frames = _generated(trained, generator, val_conditioning)
             decoder.train()
             return {"val_psnr": float(psnr(frames, val_images).mean()),
                     "val_sharpness_ratio": float(laplacian_variance(frames).mean() / laplacian_variance(val_images).mean())}
 
     decoder.train()
-    bar = tqdm(total=config.steps, initial=stage.step, desc="decoder", unit="step")
+    bar = tqdm(total=config.steps, initial=stage.step, desc="decoder" if student is None else "decoder student",
+               unit="step")
     sums: dict = {}
     while stage.step < config.steps:
         conditioning, latents, images = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
@@ -563,15 +575,29 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
             latents = latents + 0.1 * latents.std() * torch.rand(latents.shape[0], 1, 1, 1, generator=sampler) \
                 * torch.randn(latents.shape, generator=sampler)
             inputs = torch.cat([generated[:half], latents[half:]])
-        recon = autoencoder.decode_raw(inputs)
-        target = images * 2 - 1
+            target = images * 2 - 1 if student is None else autoencoder.decode_raw(inputs)
+        recon = trained.decode_raw(inputs)
         losses = {"l1": (recon - target).abs().mean(), "pyramid": laplacian_pyramid_loss(recon, target)}
-        stage.optimise(losses, losses["l1"] + losses["pyramid"], recon, target, decoder[-2].weight)
+        stage.optimise(losses, losses["l1"] + losses["pyramid"], recon, images * 2 - 1, decoder[-2].weight)
         _log_step(stage, losses, sums, bar, evaluate)
     bar.close()
     stage.save()
     decoder.requires_grad_(False)
-    return autoencoder.eval()
+    return trained.eval()
+
+
+def decoder_student(autoencoder: TinyAutoencoder, decoder_channels: tuple[int, ...],
+                    decoder_blocks: tuple[int, ...]) -> TinyAutoencoder:
+    """An autoencoder with ``autoencoder``'s encoder and depth head (copied) and a new, untrained
+    decoder of ``decoder_channels`` / ``decoder_blocks``: for :func:`train_decoder` to distil
+    the decoder into, as decoding is a per-step cost."""
+    config = autoencoder.config
+    student = TinyAutoencoder(latent_channels=config.latent_channels, encoder_channels=tuple(config.encoder_channels),
+                              decoder_channels=tuple(decoder_channels), decoder_blocks=tuple(decoder_blocks),
+                              depth_channels=config.depth_channels, norm_groups=config.norm_groups)
+    student.encoder.load_state_dict(autoencoder.encoder.state_dict())
+    student.depth_head.load_state_dict(autoencoder.depth_head.state_dict())
+    return student
 
 
 @torch.no_grad()
