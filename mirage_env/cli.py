@@ -186,10 +186,12 @@ def train_world_model(cfg: DictConfig) -> dict:
 
 def _model_card(summary: dict, cfg: DictConfig) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items() if key != "model")
-    tuned = ("the smaller decoder distilled from the autoencoder's" if cfg.decoder.get("channels") is not None
+    distilled = cfg.decoder.get("channels") is not None
+    tuned = ("the smaller decoder distilled from the autoencoder's, the one shipped" if distilled
              else "the decoder fine-tuned alone on its latents")
+    original = "; `autoencoder_val_psnr` is the original decoder's reconstruction" if distilled else ""
     decoder = (f"; `decoder_val_*` measure the generator's frames through {tuned} (the sharpness ratio is "
-               "their Laplacian variance over the truth's)" if "decoder_steps" in summary else "")
+               f"their Laplacian variance over the truth's{original})" if "decoder_steps" in summary else "")
     return f"""# Mirage Env default world model (TinyBackbone)
 
 A small autoencoder with a co-trained depth head and a one-step UNet2DModel generator

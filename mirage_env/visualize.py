@@ -58,11 +58,11 @@ def contact_sheet(frames: np.ndarray, captions: list[str], columns: int = 4, tit
     return sheet
 
 
-def write_video(path: str | Path, frames, fps: float) -> Path:
-    """Write an iterable of (H, W, 3) uint8 frames to an H.264 mp4."""
+def write_video(path: str | Path, frames, fps: float, quality: int = 8) -> Path:
+    """Write an iterable of (H, W, 3) uint8 frames to an H.264 mp4 of imageio ``quality`` (0-10)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8) as writer:
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=quality, macro_block_size=8) as writer:
         for frame in frames:
             writer.append_data(np.asarray(frame))
     return path
