@@ -129,7 +129,8 @@ def train_world_model(cfg: DictConfig) -> dict:
     """Train the default world-model backbone on clips rendered from procedural towns."""
     from mirage_env.world_model_data import ClipConfig, generate_shards, load_shards
     from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
-    from world_model.training import StageConfig, decoder_student, train_autoencoder, train_decoder, train_generator
+    from world_model.training import (StageConfig, decoder_student, generator_student, train_autoencoder,
+                                      train_decoder, train_generator)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -166,6 +167,11 @@ def train_world_model(cfg: DictConfig) -> dict:
             student = decoder_student(autoencoder, tuple(cfg.decoder.channels), tuple(cfg.decoder.blocks))
         autoencoder = train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation, student)
         stages.append("decoder")
+    distil = cfg.generator_student
+    if distil.steps:
+        student = generator_student(generator, tuple(distil.block_out_channels), distil.layers_per_block)
+        generator = train_generator(autoencoder, student, clips, stage(distil), out_dir, validation, teacher=generator)
+        stages.append("generator_student")
     model_dir = TinyBackbone(autoencoder, generator).save_pretrained(out_dir / "model")
     logs = {name: json.loads((out_dir / f"{name}_log.json").read_text()) for name in stages}
     summary = {
@@ -192,6 +198,9 @@ def _model_card(summary: dict, cfg: DictConfig) -> str:
     original = "; `autoencoder_val_psnr` is the original decoder's reconstruction" if distilled else ""
     decoder = (f"; `decoder_val_*` measure the generator's frames through {tuned} (the sharpness ratio is "
                f"their Laplacian variance over the truth's{original})" if "decoder_steps" in summary else "")
+    if "generator_student_steps" in summary:
+        decoder += ("; `generator_student_val_*` measure the generator distilled into a smaller UNet, the one "
+                    "shipped (`generator_val_*` are its teacher's)")
     return f"""# Mirage Env default world model (TinyBackbone)
 
 A small autoencoder with a co-trained depth head and a one-step UNet2DModel generator
@@ -224,7 +233,11 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
             ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
             *[(f"decoder.{key}", f"[{','.join(map(str, cfg.decoder[key]))}]") for key in ("channels", "blocks")
-              if cfg.decoder.get("channels") is not None]]
+              if cfg.decoder.get("channels") is not None],
+            *([("generator_student.steps", cfg.generator_student.steps),
+               ("generator_student.block_out_channels",
+                f"[{','.join(map(str, cfg.generator_student.block_out_channels))}]")]
+              if cfg.get("generator_student") and cfg.generator_student.steps else [])]
 
 
 def train_editor(cfg: DictConfig) -> dict:

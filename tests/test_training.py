@@ -15,9 +15,9 @@ from mirage_env.vehicle import CameraMount
 from world_model.camera import relative_motion
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
 from world_model.metrics import psnr
-from world_model.training import (RolloutWorlds, StageConfig, decoder_student, encode_clips, laplacian_pyramid_loss,
-                                  reconstruction_psnr, rollout_batch, train_autoencoder, train_decoder,
-                                  train_generator)
+from world_model.training import (RolloutWorlds, StageConfig, decoder_student, encode_clips, generator_batch,
+                                  generator_student, laplacian_pyramid_loss, reconstruction_psnr, rollout_batch,
+                                  train_autoencoder, train_decoder, train_generator)
 
 SIZE = 32
 
@@ -215,6 +215,30 @@ def test_decoder_distils_into_a_smaller_student(clips, tmp_path):
                                                      getattr(autoencoder, part).parameters()))
 
 
+def test_generator_distils_into_a_smaller_student(clips, tmp_path):
+    autoencoder, teacher = tiny_models()
+    train_generator(autoencoder, teacher, clips, StageConfig(steps=20, batch_size=4, lr=2e-3, adversarial_start=1000,
+                                                             log_every=10, checkpoint_every=20), tmp_path / "teacher")
+    frozen = {name: p.detach().clone() for name, p in teacher.named_parameters()}
+    student = generator_student(teacher, (8, 32), 1)  # attention at the last level needs 32 channels
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    conditioning, _, _ = generator_batch(clips, encode_clips(autoencoder, clips), 8, autoencoder.downsample,
+                                         torch.Generator().manual_seed(5))
+    noise = torch.randn(8, teacher.config.noise_channels, *conditioning.memory.latents.shape[-2:])
+
+    def gap() -> float:  # mean distance of the student's latents from the teacher's, same inputs and noise
+        with torch.no_grad():
+            return float((student(conditioning, noise) - teacher(conditioning, noise)).abs().mean())
+
+    before = gap()
+    config = StageConfig(steps=60, batch_size=4, lr=3e-3, adversarial_start=50, checkpoint_every=30, log_every=30)
+    trained = train_generator(autoencoder, student, clips, config, tmp_path / "student", validation=clips,
+                              teacher=teacher)
+    assert trained is student and gap() < 0.5 * before
+    assert (tmp_path / "student" / "generator_student_checkpoint.pt").is_file()
+    assert all(torch.equal(p, frozen[name]) for name, p in teacher.named_parameters())  # teacher untouched
+
+
 def test_train_world_model_command_smoke(tmp_path):
     """`mirage train-world-model` end to end at a toy size, in a subprocess."""
     command = [
@@ -222,6 +246,7 @@ def test_train_world_model_command_smoke(tmp_path):
         f"data.dir={tmp_path / 'data'}", "data.towns=1", "data.validation_towns=1", "data.size=32", "data.frames=4",
         "data.clips_per_town=1", "autoencoder.steps=4", "autoencoder.batch_size=2", "generator.steps=4",
         "decoder.steps=2", "decoder.batch_size=2", "decoder.channels=[16,8]",
+        "generator_student.steps=2", "generator_student.batch_size=2", "generator_student.block_out_channels=[16,32,48]",
         "generator.batch_size=2", "checkpoint_every=2",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -231,4 +256,7 @@ def test_train_world_model_command_smoke(tmp_path):
         assert (tmp_path / "run" / "model" / part / "diffusion_pytorch_model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "model" / "autoencoder" / "config.json").read_text())
     assert saved["decoder_channels"] == [16, 8]  # the distilled decoder is the one saved
-    assert "decoder.channels=[16,8]" in (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+    assert "decoder.channels=[16,8]" in card and "generator_student.block_out_channels=[16,32,48]" in card
+    saved = json.loads((tmp_path / "run" / "model" / "generator" / "config.json").read_text())
+    assert saved["block_out_channels"] == [16, 32, 48]  # the distilled generator is the one saved

@@ -210,6 +210,11 @@ def test_traced_backbone_renders_what_the_eager_one_does():
             assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding
 
 
+def test_generator_too_narrow_for_its_attention_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 32"):
+        TinyGenerator(block_out_channels=(8, 16))
+
+
 def test_pretrained_round_trip_and_clear_errors(tmp_path):
     backbone = tiny_backbone()
     path = backbone.save_pretrained(tmp_path / "model")

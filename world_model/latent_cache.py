@@ -51,8 +51,9 @@ Read
 
 All caches of a batch (one per env) live in flat tensors sorted by voxel key, whose leading
 field is the cache id: a cache's tokens are one range of them, and finding a voxel is a binary
-search, so a write costs O(tokens written * log tokens held) plus one gather per state tensor.
-Every step is tensor code with no Python loop over tokens or views. Works on any torch device.
+search, so a write costs O(tokens written * log tokens held) plus one gather of the held tokens
+per state tensor. Every step is tensor code with no Python loop over tokens or views. Works on
+any torch device.
 """
 
 from __future__ import annotations
@@ -552,7 +553,7 @@ def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
     hit = valid[:, neighbour].view(batch, *table.shape)  # (B, 4, 2, reach, hw)
     # Per direction and side, the nearest valid cell within reach (a few elementwise passes:
     # a reduction along that short axis is far slower on CPU).
-    source = table[:, :, 0].expand(batch, -1, -1, -1).clone()  # (B, 4, 2, hw)
+    source = table[:, :, 0].expand(batch, -1, -1, -1)  # (B, 4, 2, hw)
     found = torch.zeros_like(source, dtype=torch.bool)
     for step in reversed(range(reach)):  # the nearest step comes last and wins
         hit_step = hit[:, :, :, step]

@@ -39,6 +39,7 @@ from world_model.backbone import Conditioning
 MIN_DEPTH_M, MAX_DEPTH_M = 0.3, 300.0  # [m] range of the depth head
 DEPTH_ERROR_FOR_HALF_CONFIDENCE = 0.07  # expected |log depth error| at which confidence is 0.5
 NOISE_LEVEL_TIMESTEPS = 1000.0  # UNet timestep per unit of noise level
+ATTENTION_HEAD_CHANNELS = 32  # the generator's lowest UNet level attends in heads of this many channels
 
 
 class ResidualBlock(nn.Module):
@@ -149,6 +150,9 @@ class TinyGenerator(ModelMixin, ConfigMixin):
         the unit of noise levels. ``context_noise``: the level (in ``latent_std``) of the noise
         the backbone adds to memory and context latents before generating (0: none)."""
         super().__init__()
+        if block_out_channels[-1] < ATTENTION_HEAD_CHANNELS:
+            raise ValueError(f"the last of block_out_channels {tuple(block_out_channels)} attends in heads of "
+                             f"{ATTENTION_HEAD_CHANNELS} channels: make it at least {ATTENTION_HEAD_CHANNELS}")
         in_channels = latent_channels * (1 + context_frames) + 2 + 6 + layout_channels + noise_channels
         levels = len(block_out_channels)
         self.unet = UNet2DModel(
@@ -159,7 +163,7 @@ class TinyGenerator(ModelMixin, ConfigMixin):
             down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
             up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
             norm_num_groups=norm_groups,
-            attention_head_dim=32,
+            attention_head_dim=ATTENTION_HEAD_CHANNELS,
         )
 
     def forward(self, conditioning: Conditioning, noise: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
@@ -300,9 +304,9 @@ class _Method(nn.Module):
 def _trace(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
     """A frozen TorchScript trace of ``module`` for inputs of these shapes. TorchScript is
     deprecated from torch 2.13 on, but measured faster at batch 1 than the eager modules (UNet
-    7.8 vs 18.9 ms, decoder 4.4 vs 6.3 ms on a 16 x 16 grid, one thread) while ``torch.export``
-    was not (UNet 19.8 ms), so its deprecation warnings are silenced here, as are diffusers'
-    shape checks that trace as constants."""
+    7.8 vs 18.9 ms, the original decoder 4.4 vs 6.3 ms on a 16 x 16 grid, one thread) while
+    ``torch.export`` was not (UNet 19.8 ms), so its deprecation warnings are silenced here, as
+    are diffusers' shape checks that trace as constants."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -1,6 +1,6 @@
 """Training loops of the default backbone: tensors in, checkpoints and loss curves out.
 
-Three stages, each resumable from its last checkpoint:
+Stages, each resumable from its last checkpoint:
 
 ``train_autoencoder``
     Frames -> latents -> frames with an L1 loss, a small latent-magnitude penalty, random
@@ -26,6 +26,8 @@ Three stages, each resumable from its last checkpoint:
     Fine-tunes the decoder alone on the generator's latents against the true frames, or
     distils it into a smaller student decoder (decoding is a per-step cost), each with an
     adversarial loss against true frames.
+``train_generator`` with a ``teacher`` (optional)
+    Distils the trained generator into one with a smaller UNet (the largest per-step cost).
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
 same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
@@ -444,13 +446,22 @@ VALIDATION_ROLLOUT = 16  # [frames] `val_psnr_rollout` is measured on the frame 
 
 
 def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
-                    out_dir: str | Path, validation: dict | None = None) -> TinyGenerator:
-    """Train the one-step generator on ``clips`` with a frozen ``autoencoder`` (see the module doc)."""
+                    out_dir: str | Path, validation: dict | None = None,
+                    teacher: TinyGenerator | None = None) -> TinyGenerator:
+    """Train the one-step generator on ``clips`` with a frozen ``autoencoder`` (see the module doc).
+
+    With ``teacher`` (a trained generator), ``generator`` is a smaller student distilled from it:
+    its L1 loss is against the teacher's latents for the same inputs and noise (one fixed
+    target per draw, where the truth is one of many) while the critic still compares it with
+    true latents. Its stage checkpoints as ``generator_student``."""
     torch.manual_seed(config.seed)
     autoencoder.eval().requires_grad_(False)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
     cfg = generator.config
     discriminator = PatchDiscriminator(cfg.latent_channels + 1 + cfg.layout_channels, channels=(64, 128), first_stride=1)
-    stage = _Stage.adversarial("generator", out_dir, generator, discriminator, config)
+    stage = _Stage.adversarial("generator" if teacher is None else "generator_student", out_dir, generator,
+                               discriminator, config)
     encoded = encode_clips(autoencoder, clips)
     # The unit of noise levels, saved with the generator for the backbone's `context_noise`.
     generator.register_to_config(latent_std=round(latent_std(encoded["latents"]), 4))
@@ -480,7 +491,7 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
 
     worlds = None  # the rollouts, started at the first rollout batch
     generator.train()
-    bar = tqdm(total=config.steps, initial=stage.step, desc="generator", unit="step")
+    bar = tqdm(total=config.steps, initial=stage.step, desc=stage.name, unit="step")
     sums: dict = {}
     while stage.step < config.steps:
         rollout = (config.rollout_start is not None and stage.step >= config.rollout_start
@@ -500,7 +511,11 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         prediction = generator(conditioning, noise, level)
         if rollout:
             worlds.advance(prediction)
-        losses = {"l1": (prediction - target).abs().mean()}
+        goal = target
+        if teacher is not None:
+            with torch.no_grad():
+                goal = teacher(conditioning, noise, level)
+        losses = {"l1": (prediction - goal).abs().mean()}
         stage.optimise(losses, losses["l1"], prediction, target, generator.unet.conv_out.weight,
                        critic_input=lambda latents: critic_input(latents, conditioning))
         _log_step(stage, losses, sums, bar, evaluate)
@@ -584,6 +599,19 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
     stage.save()
     decoder.requires_grad_(False)
     return trained.eval()
+
+
+def generator_student(teacher: TinyGenerator, block_out_channels: tuple[int, ...],
+                      layers_per_block: int) -> TinyGenerator:
+    """An untrained generator taking the same inputs as ``teacher`` with a smaller UNet of
+    ``block_out_channels`` / ``layers_per_block``: for :func:`train_generator` to distil the
+    teacher into, as the UNet is the largest per-step cost."""
+    config = teacher.config
+    return TinyGenerator(latent_channels=config.latent_channels, context_frames=config.context_frames,
+                         layout_channels=config.layout_channels, noise_channels=config.noise_channels,
+                         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                         norm_groups=config.norm_groups, latent_std=config.latent_std,
+                         context_noise=config.context_noise)
 
 
 def decoder_student(autoencoder: TinyAutoencoder, decoder_channels: tuple[int, ...],
