@@ -232,12 +232,16 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
                 if gen.get(key) is not None]
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
             ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
-            *[(f"decoder.{key}", f"[{','.join(map(str, cfg.decoder[key]))}]") for key in ("channels", "blocks")
+            *[(f"decoder.{key}", _listed(cfg.decoder[key])) for key in ("channels", "blocks")
               if cfg.decoder.get("channels") is not None],
             *([("generator_student.steps", cfg.generator_student.steps),
-               ("generator_student.block_out_channels",
-                f"[{','.join(map(str, cfg.generator_student.block_out_channels))}]")]
+               ("generator_student.block_out_channels", _listed(cfg.generator_student.block_out_channels))]
               if cfg.get("generator_student") and cfg.generator_student.steps else [])]
+
+
+def _listed(values) -> str:
+    """A list as a Hydra command-line value: ``[32,16]``."""
+    return f"[{','.join(map(str, values))}]"
 
 
 def train_editor(cfg: DictConfig) -> dict:

@@ -284,8 +284,6 @@ class TinyBackbone:
             conditioning = noised(conditioning, level, self.generator.config.latent_std, generator)
         shape = (self.generator.config.noise_channels, *memory.latents.shape[-2:])
         noise = sample_noise(shape, targets, generator).to(self.device)
-        if not self.trace:
-            return self.generator(conditioning, noise, level)
         inputs, timestep, base = self.generator.unet_inputs(conditioning, noise, level)
         return base + self._run("unet", inputs, timestep)["sample"]
 

@@ -590,10 +590,11 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
             latents = latents + 0.1 * latents.std() * torch.rand(latents.shape[0], 1, 1, 1, generator=sampler) \
                 * torch.randn(latents.shape, generator=sampler)
             inputs = torch.cat([generated[:half], latents[half:]])
-            target = images * 2 - 1 if student is None else autoencoder.decode_raw(inputs)
+            real = images * 2 - 1
+            target = real if student is None else autoencoder.decode_raw(inputs)
         recon = trained.decode_raw(inputs)
         losses = {"l1": (recon - target).abs().mean(), "pyramid": laplacian_pyramid_loss(recon, target)}
-        stage.optimise(losses, losses["l1"] + losses["pyramid"], recon, images * 2 - 1, decoder[-2].weight)
+        stage.optimise(losses, losses["l1"] + losses["pyramid"], recon, real, decoder[-2].weight)
         _log_step(stage, losses, sums, bar, evaluate)
     bar.close()
     stage.save()
