@@ -25,7 +25,7 @@ class LayoutRasteriser:
 
     def __init__(self, ground: GroundTexture, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.classes = torch.as_tensor(ground.classes, dtype=torch.long, device=self.device)
+        self.classes = torch.as_tensor(ground.classes, device=self.device)  # (rows, cols) class ids, shared
         self.origin = torch.tensor([ground.x0, ground.y0], dtype=torch.float32, device=self.device)
         self.texel = ground.texel
         self._class_ids = torch.tensor([int(c) for c in LAYOUT_CLASSES], device=self.device).view(1, -1, 1, 1)
@@ -49,7 +49,7 @@ class LayoutRasteriser:
         rows, cols = self.classes.shape
         inside = seen & (cell[..., 0] >= 0) & (cell[..., 0] < cols) & (cell[..., 1] >= 0) & (cell[..., 1] < rows)
         label = self.classes[cell[..., 1].clamp(0, rows - 1), cell[..., 0].clamp(0, cols - 1)]
-        label = torch.where(inside, label, -1)
+        label = torch.where(inside, label.long(), -1)
         onehot = (label[:, None] == self._class_ids).float()
         return F.avg_pool2d(onehot, downsample)
 

@@ -9,6 +9,7 @@ build, so they are cached per process by ``(map, scene seed, device)``.
 
 from __future__ import annotations
 
+import math
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mirage_env.layout import LayoutRasteriser
 from mirage_env.renderer import GroundTruthRenderer
 from mirage_env.road_map import RoadMap, Route, load_road_map
 from mirage_env.scene import Primitives, Scene, Semantic, dress_scene
@@ -47,33 +49,41 @@ class StaticObstacles:
         self.sphere_centre = objects.sphere_centre.reshape(-1, 3)
         self.sphere_radius = objects.sphere_radius.reshape(-1)
         self.sphere_class = objects.sphere_class.reshape(-1)
+        self.box_reach = np.linalg.norm(self.box_half[:, :2], axis=1)  # [m] ground-plane bounding radius
 
     def hits(self, centre: np.ndarray, half: np.ndarray, yaw: float) -> set[Semantic]:
         """Classes of the objects overlapping the box at ``centre`` (3,) [m] with half sizes
         ``half`` (3,) [m] along its own axes, turned by ``yaw`` [rad]."""
         centre, half = np.asarray(centre, dtype=np.float64), np.asarray(half, dtype=np.float64)
         axes = _yaw_axes(np.array([yaw]))[0]
-        labels = list(self.box_class[self._boxes_overlapping(centre, half, axes)])
+        reach = math.hypot(half[0], half[1])  # the query's ground-plane bounding radius
+        # Only objects whose bounding circles meet the query's can overlap it: test those exactly.
+        near = np.flatnonzero(((self.box_centre[:, :2] - centre[:2]) ** 2).sum(1) <= (self.box_reach + reach) ** 2)
+        labels = list(self.box_class[near[self._boxes_overlapping(near, centre, half, axes)]])
         # Sphere: the closest point of the box to its centre is within its radius.
-        local = (self.sphere_centre[:, :2] - centre[:2]) @ axes.T
-        local_z = self.sphere_centre[:, 2:] - centre[2]
+        near = np.flatnonzero(((self.sphere_centre[:, :2] - centre[:2]) ** 2).sum(1)
+                              <= (self.sphere_radius + reach) ** 2)
+        local = (self.sphere_centre[near, :2] - centre[:2]) @ axes.T
+        local_z = self.sphere_centre[near, 2:] - centre[2]
         offset = np.concatenate([local, local_z], axis=1)
         outside = offset - np.clip(offset, -half, half)
-        labels += list(self.sphere_class[(outside**2).sum(1) < self.sphere_radius**2])
+        labels += list(self.sphere_class[near][(outside**2).sum(1) < self.sphere_radius[near] ** 2])
         return {Semantic(int(label)) for label in labels}
 
-    def _boxes_overlapping(self, centre: np.ndarray, half: np.ndarray, axes: np.ndarray) -> np.ndarray:
-        """Mask of boxes overlapping the query box: separating axis test in the ground plane
-        (the four box axes) plus an overlap of the vertical extents."""
-        delta = self.box_centre[:, :2] - centre[:2]  # (N, 2)
-        separated = np.abs(self.box_centre[:, 2] - centre[2]) > self.box_half[:, 2] + half[2]
-        candidate_axes = np.concatenate([np.broadcast_to(axes, self.box_axes.shape), self.box_axes], axis=1)
+    def _boxes_overlapping(self, index: np.ndarray, centre: np.ndarray, half: np.ndarray,
+                           axes: np.ndarray) -> np.ndarray:
+        """Mask of boxes ``index`` overlapping the query box: separating axis test in the ground
+        plane (the four box axes) plus an overlap of the vertical extents."""
+        box_centre, box_half, box_axes = self.box_centre[index], self.box_half[index], self.box_axes[index]
+        delta = box_centre[:, :2] - centre[:2]  # (n, 2)
+        separated = np.abs(box_centre[:, 2] - centre[2]) > box_half[:, 2] + half[2]
+        candidate_axes = np.concatenate([np.broadcast_to(axes, box_axes.shape), box_axes], axis=1)
         for k in range(4):
-            axis = candidate_axes[:, k]  # (N, 2)
+            axis = candidate_axes[:, k]  # (n, 2)
             reach_query = half[0] * np.abs(axis @ axes[0]) + half[1] * np.abs(axis @ axes[1])
             reach_box = (
-                self.box_half[:, 0] * np.abs((axis * self.box_axes[:, 0]).sum(1))
-                + self.box_half[:, 1] * np.abs((axis * self.box_axes[:, 1]).sum(1))
+                box_half[:, 0] * np.abs((axis * box_axes[:, 0]).sum(1))
+                + box_half[:, 1] * np.abs((axis * box_axes[:, 1]).sum(1))
             )
             separated |= np.abs((delta * axis).sum(1)) > reach_query + reach_box
         return ~separated
@@ -87,6 +97,7 @@ class MapAssets:
     scene: Scene
     renderer: GroundTruthRenderer
     obstacles: StaticObstacles
+    layout: LayoutRasteriser  # the road layout that conditions the world model
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,8 @@ def load_map_assets(spec: str | Path, scene_seed: int, device: str = "cpu") -> M
 def _load_map_assets(spec: str, scene_seed: int, device: str) -> MapAssets:
     road_map = load_road_map(spec)
     scene = dress_scene(road_map, scene_seed)
-    return MapAssets(road_map, scene, GroundTruthRenderer(scene, device=device), StaticObstacles(scene.objects))
+    return MapAssets(road_map, scene, GroundTruthRenderer(scene, device=device), StaticObstacles(scene.objects),
+                     LayoutRasteriser(scene.ground, device=device))
 
 
 def plan_scenario_route(

@@ -15,6 +15,7 @@ from mirage_env.vehicle import CameraMount
 from world_model.camera import relative_motion
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
 from world_model.metrics import psnr
+from world_model import training
 from world_model.training import (RolloutWorlds, StageConfig, decoder_student, encode_clips, generator_batch,
                                   generator_student, laplacian_pyramid_loss, reconstruction_psnr, rollout_batch,
                                   train_autoencoder, train_decoder, train_generator)
@@ -52,7 +53,7 @@ def tiny_models():
     return autoencoder, TinyGenerator(block_out_channels=(16, 32), norm_groups=8)
 
 
-def test_stages_learn_checkpoint_and_resume(clips, tmp_path):
+def test_stages_learn_checkpoint_and_resume(clips, tmp_path, monkeypatch):
     autoencoder, generator = tiny_models()
     images = clips["rgb"].flatten(0, 1).permute(0, 3, 1, 2).float() / 255
     untrained = reconstruction_psnr(autoencoder, images)
@@ -69,10 +70,16 @@ def test_stages_learn_checkpoint_and_resume(clips, tmp_path):
     assert [entry["step"] for entry in first_run] == [10, 20] and "val_psnr_covered" in first_run[-1]
     # A longer schedule resumes at the checkpoint instead of starting over.
     generator_config.steps = 30
-    train_generator(autoencoder, TinyGenerator(block_out_channels=(16, 32), norm_groups=8), clips, generator_config,
-                    tmp_path)
+    trained = train_generator(autoencoder, TinyGenerator(block_out_channels=(16, 32), norm_groups=8), clips,
+                              generator_config, tmp_path)
     resumed = json.loads((tmp_path / "generator_log.json").read_text())
     assert [entry["step"] for entry in resumed] == [10, 20, 30]
+    # A finished stage loads its weights and noise unit without encoding the clips again.
+    monkeypatch.setattr(training, "encode_clips", lambda *args: pytest.fail("a finished stage encoded the clips"))
+    again = train_generator(autoencoder, TinyGenerator(block_out_channels=(16, 32), norm_groups=8), clips,
+                            generator_config, tmp_path)
+    assert again.config.latent_std == trained.config.latent_std > 0
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), trained.state_dict().values()))
 
 
 def test_rollout_batches_condition_on_generated_frames(clips):
@@ -190,7 +197,7 @@ def test_decoder_fine_tuning_changes_only_the_decoder(clips, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(decoder_before, autoencoder.decoder.parameters()))
 
 
-def test_decoder_distils_into_a_smaller_student(clips, tmp_path):
+def test_decoder_distils_into_a_smaller_student(clips, tmp_path, monkeypatch):
     autoencoder, generator = tiny_models()
     train_autoencoder(autoencoder, clips, StageConfig(steps=30, batch_size=4, lr=2e-3, adversarial_start=1000,
                                                       log_every=10, checkpoint_every=30), tmp_path / "teacher")
@@ -213,6 +220,11 @@ def test_decoder_distils_into_a_smaller_student(clips, tmp_path):
     for part in ("encoder", "depth_head"):  # the student encodes and estimates depth exactly as the teacher
         assert all(torch.equal(a, b) for a, b in zip(getattr(student, part).parameters(),
                                                      getattr(autoencoder, part).parameters()))
+    # Run again, finished: the checkpoint's student comes back without encoding the clips.
+    monkeypatch.setattr(training, "encode_clips", lambda *args: pytest.fail("a finished stage encoded the clips"))
+    again = train_decoder(autoencoder, generator, clips, config, tmp_path / "student",
+                          student=decoder_student(autoencoder, (8, 4), (1, 1)))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
 
 
 def test_generator_distils_into_a_smaller_student(clips, tmp_path):

@@ -127,6 +127,7 @@ class _Stage:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / f"{name}_checkpoint.pt"
         self.step, self.log, self.seconds = 0, [], 0.0  # seconds: training time over all runs
+        self.meta: dict = {}  # what a finished stage must remember besides its weights
         self.clock = time.perf_counter()
         if self.path.exists():
             state = torch.load(self.path, map_location="cpu", weights_only=False)
@@ -135,7 +136,13 @@ class _Stage:
             for key, optimizer in optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][key])
             self.step, self.log, self.seconds = state["step"], state["log"], state["seconds"]
+            self.meta = state.get("meta", {})
             torch.set_rng_state(state["torch_rng"])
+
+    @property
+    def done(self) -> bool:
+        """Whether the stage has trained all its steps (in this run or an earlier one)."""
+        return self.step >= self.config.steps
 
     @classmethod
     def adversarial(cls, name: str, out_dir: Path, model: nn.Module, discriminator: nn.Module,
@@ -178,7 +185,7 @@ class _Stage:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "step": self.step, "log": self.log, "seconds": self.seconds, "torch_rng": torch.get_rng_state(),
-            "config": asdict(self.config),
+            "config": asdict(self.config), "meta": self.meta,
         }
         partial = self.path.with_suffix(".partial")
         torch.save(state, partial)
@@ -462,9 +469,13 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     discriminator = PatchDiscriminator(cfg.latent_channels + 1 + cfg.layout_channels, channels=(64, 128), first_stride=1)
     stage = _Stage.adversarial("generator" if teacher is None else "generator_student", out_dir, generator,
                                discriminator, config)
+    if stage.done and "latent_std" in stage.meta:  # trained in an earlier run: skip encoding the clips
+        generator.register_to_config(latent_std=stage.meta["latent_std"])
+        return generator.eval()
     encoded = encode_clips(autoencoder, clips)
     # The unit of noise levels, saved with the generator for the backbone's `context_noise`.
-    generator.register_to_config(latent_std=round(latent_std(encoded["latents"]), 4))
+    stage.meta["latent_std"] = round(latent_std(encoded["latents"]), 4)
+    generator.register_to_config(latent_std=stage.meta["latent_std"])
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
     backbone = TinyBackbone(autoencoder, generator)  # the rollouts' renderer, sharing the trained weights
@@ -559,6 +570,9 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
     decoder = trained.decoder.requires_grad_(True)
     discriminator = PatchDiscriminator(3)
     stage = _Stage.adversarial("decoder", out_dir, decoder, discriminator, config)
+    if stage.done:  # trained in an earlier run: skip encoding the clips
+        decoder.requires_grad_(False)
+        return trained.eval()
     encoded = encode_clips(autoencoder, clips)
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)

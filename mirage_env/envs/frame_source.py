@@ -115,7 +115,7 @@ class WorldModelFrames:
                             antialias=True, align_corners=False).clamp(0, 1)
         depth = None if start.depth is None else F.interpolate(start.depth.float(), size=size, mode="nearest")
         self.model.reset(rgb, self._model_intrinsics(start.K), start.cam_to_world, depth=depth, env_ids=[slot])
-        self._layouts[slot] = LayoutRasteriser(scenario.assets.scene.ground) if isinstance(scenario, MapScenario) else None
+        self._layouts[slot] = scenario.assets.layout if isinstance(scenario, MapScenario) else None
         self._generators[slot] = torch.Generator().manual_seed(seed)
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor,
@@ -127,13 +127,17 @@ class WorldModelFrames:
         layout = None
         mapped = [index for index, slot in enumerate(slots) if self._layouts[slot] is not None]
         if mapped:
-            # One ray cast for every env with a map, then each env's own map classifies its hits.
+            # One ray cast for every env with a map, then each map classifies its envs' hits.
             ground, seen = ground_hits(cam_to_world[mapped], K_model[mapped], self.model_size, self.model_size)
             grid = self.model_size // self.model.backbone.downsample
             layout = torch.zeros(len(slots), 1, self.model.backbone.layout_channels, grid, grid)
+            rows_of: dict[int, list[int]] = {}
             for row, index in enumerate(mapped):
-                layout[index, 0] = self._layouts[slots[index]].classify(ground[row:row + 1], seen[row:row + 1],
-                                                                        self.model.backbone.downsample)[0]
+                rows_of.setdefault(id(self._layouts[slots[index]]), []).append(row)
+            for rows in rows_of.values():
+                rasterise = self._layouts[slots[mapped[rows[0]]]]
+                layout[[mapped[row] for row in rows], 0] = rasterise.classify(ground[rows], seen[rows],
+                                                                              self.model.backbone.downsample)
         size = (self.model_size, self.model_size)
         if dynamic is not None:
             dynamic = (F.interpolate(dynamic.float(), size=size, mode="bilinear", align_corners=False) > 0)[:, None]
