@@ -89,7 +89,7 @@ class RouteExpert:
     def _curve_speed(self, s: float) -> float:
         """Highest speed [m/s] keeping lateral acceleration within bounds over the next stretch."""
         ahead = np.linspace(s, s + 15.0, 6)
-        headings = np.unwrap([self.route.heading_at(x) for x in ahead])
+        headings = np.unwrap(self.route.heading_at(ahead))
         curvature = np.abs(np.diff(headings)).max() / (ahead[1] - ahead[0])
         return math.sqrt(self.config.max_lateral_accel_mps2 / max(curvature, 1e-6))
 

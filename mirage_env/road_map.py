@@ -129,18 +129,21 @@ class Route:
         s = self.cumulative_s[index] + t[index] * self.segment_length[index]
         return float(s), float(lateral), index
 
-    def point_at(self, s: float) -> np.ndarray:
-        """Point (2,) [m] at arc length ``s`` [m] (clamped to the route)."""
-        s = float(np.clip(s, 0.0, self.length))
+    def point_at(self, s: float | np.ndarray) -> np.ndarray:
+        """Point (2,) [m] at arc length ``s`` [m], or points (N, 2) at ``s`` (N,); clamped to
+        the route (``np.interp`` holds the end values beyond its ends)."""
         x = np.interp(s, self.cumulative_s, self.points[:, 0])
         y = np.interp(s, self.cumulative_s, self.points[:, 1])
-        return np.array([x, y])
+        return np.stack([x, y], axis=-1)
 
-    def heading_at(self, s: float) -> float:
-        """Direction of travel [rad] of the segment containing arc length ``s`` [m]."""
-        index = int(np.clip(np.searchsorted(self.cumulative_s, s, side="right") - 1, 0, len(self.points) - 2))
-        dx, dy = self.points[index + 1] - self.points[index]
-        return math.atan2(dy, dx)
+    def heading_at(self, s: float | np.ndarray) -> float | np.ndarray:
+        """Direction of travel [rad] of the segment containing arc length ``s`` [m], or the
+        directions (N,) at ``s`` (N,)."""
+        index = np.searchsorted(self.cumulative_s, s, side="right") - 1
+        index = np.minimum(np.maximum(index, 0), len(self.points) - 2)
+        delta = self.points[index + 1] - self.points[index]
+        heading = np.arctan2(delta[..., 1], delta[..., 0])
+        return float(heading) if np.ndim(s) == 0 else heading
 
 
 class RoadMap:

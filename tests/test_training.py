@@ -227,6 +227,14 @@ def test_decoder_distils_into_a_smaller_student(clips, tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
 
 
+def test_a_checkpoint_of_other_network_sizes_is_a_clear_error(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    config = StageConfig(steps=2, batch_size=2, adversarial_start=1000, checkpoint_every=2, log_every=2)
+    train_decoder(autoencoder, generator, clips, config, tmp_path)  # fine-tunes the full-size decoder
+    with pytest.raises(ValueError, match="decoder_checkpoint.pt holds a decoder stage of a different network size"):
+        train_decoder(autoencoder, generator, clips, config, tmp_path, student=decoder_student(autoencoder, (8, 4), (1, 1)))
+
+
 def test_generator_distils_into_a_smaller_student(clips, tmp_path):
     autoencoder, teacher = tiny_models()
     train_generator(autoencoder, teacher, clips, StageConfig(steps=20, batch_size=4, lr=2e-3, adversarial_start=1000,

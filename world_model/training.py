@@ -132,7 +132,14 @@ class _Stage:
         if self.path.exists():
             state = torch.load(self.path, map_location="cpu", weights_only=False)
             for key, module in modules.items():
-                module.load_state_dict(state["modules"][key])
+                try:
+                    module.load_state_dict(state["modules"][key])
+                except RuntimeError as error:  # a checkpoint of other network sizes
+                    raise ValueError(
+                        f"{self.path} holds a {name} stage of a different network size than this config asks "
+                        f"for, so it cannot resume: train into a new out_dir, or delete the file to retrain "
+                        f"this stage. ({str(error).splitlines()[0]})"
+                    ) from error
             for key, optimizer in optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][key])
             self.step, self.log, self.seconds = state["step"], state["log"], state["seconds"]

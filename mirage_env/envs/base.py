@@ -212,7 +212,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         if monitor.route is not None:
             spacing = self.episode_config.route_point_spacing_m
             along = monitor.progress_m + spacing * np.arange(1, config.route_points + 1)
-            points = np.stack([monitor.route.point_at(s) for s in along]) - xy
+            points = monitor.route.point_at(along) - xy
             c, s = math.cos(yaw), math.sin(yaw)
             ego_frame = points @ np.array([[c, -s], [s, c]])  # x forward, y left
             route_ahead = ego_frame.astype(np.float32).reshape(-1)
