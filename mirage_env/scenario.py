@@ -9,8 +9,8 @@ build, so they are cached per process by ``(map, scene seed, device)``.
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
