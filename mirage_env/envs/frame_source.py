@@ -73,10 +73,7 @@ class GroundTruthFrames:
         _check_render_call(slots, cam_to_world, K, self._renderers)
         frames = np.empty((len(slots), self.height, self.width, 3), dtype=np.uint8)
         self.last_depth = torch.zeros(len(slots), 1, self.height, self.width)
-        groups: dict[int, list[int]] = {}
-        for index, slot in enumerate(slots):
-            groups.setdefault(id(self._renderers[slot]), []).append(index)
-        for indices in groups.values():
+        for indices in _by_identity([self._renderers[slot] for slot in slots]):
             renderer = self._renderers[slots[indices[0]]]
             out = renderer.render(cam_to_world[indices], K[indices], self.height, self.width)
             frames[indices] = out.rgb.cpu().numpy()
@@ -131,10 +128,7 @@ class WorldModelFrames:
             ground, seen = ground_hits(cam_to_world[mapped], K_model[mapped], self.model_size, self.model_size)
             grid = self.model_size // self.model.backbone.downsample
             layout = torch.zeros(len(slots), 1, self.model.backbone.layout_channels, grid, grid)
-            rows_of: dict[int, list[int]] = {}
-            for row, index in enumerate(mapped):
-                rows_of.setdefault(id(self._layouts[slots[index]]), []).append(row)
-            for rows in rows_of.values():
+            for rows in _by_identity([self._layouts[slots[index]] for index in mapped]):
                 rasterise = self._layouts[slots[mapped[rows[0]]]]
                 layout[[mapped[row] for row in rows], 0] = rasterise.classify(ground[rows], seen[rows],
                                                                               self.model.backbone.downsample)
@@ -150,6 +144,14 @@ class WorldModelFrames:
                                     mode="bilinear", antialias=True, align_corners=False)
             frames = (resized.clamp(0, 255) + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
         return frames.cpu().numpy()
+
+
+def _by_identity(items: Sequence[object]) -> list[list[int]]:
+    """Indices of ``items`` grouped by object identity (the slots sharing one scene or map)."""
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(id(item), []).append(index)
+    return list(groups.values())
 
 
 def _check_render_call(slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor, started) -> None:
