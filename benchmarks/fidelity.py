@@ -19,6 +19,7 @@ Writes a table, ``benchmarks/results/fidelity.json``, a side-by-side video (grou
 latent | pixel | none) ``docs/fidelity.mp4`` and a contact sheet ``docs/fidelity_contact_sheet.png``.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
+                                  [--reencode 0.25] [--min-confidence 0.5]
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from mirage_env.visualize import contact_sheet, write_video
 from world_model.metrics import laplacian_variance, psnr, ssim
+from world_model.latent_cache import LatentCacheConfig
 from world_model.pretrained import load_default_backbone
 from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
 
 REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
+TITLES = {"latent": "latent cache", "pixel": "pixel memory", "none": "no memory"}
 
 
 def two_laps(road_map, seed: int, min_length_m: float) -> tuple[Route, float]:
@@ -86,10 +89,12 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
     pairs = revisit_pairs(poses, second_lap)
 
     results, videos = {}, {"ground truth": truth.rgb.numpy()}
-    for memory in MEMORIES:
+    for memory in args.memories:
         runs = []
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
-            metrics, frames = _rollout(backbone, memory, seed * 1000 + draw, truth, truth_rgb, poses, K, layout,
+            config = WorldModelConfig(memory=memory, reencode=args.reencode,
+                                      cache=LatentCacheConfig(min_confidence=args.min_confidence))
+            metrics, frames = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K, layout,
                                        second_lap, pairs, road_map.name, size)
             runs.append(metrics)
             if draw == 0:
@@ -98,7 +103,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
         results[memory]["revisit_psnr_per_seed"] = [round(run["revisit_psnr"], 3) for run in runs]
     summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
                "revisit_pairs": len(pairs), "memories": results}
-    side_by_side = np.concatenate([videos[name] for name in ("ground truth", *MEMORIES)], axis=2)
+    side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
     return summary, side_by_side
 
 
@@ -107,16 +112,16 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _rollout(backbone, memory: str, seed: int, truth, truth_rgb, poses, K, layout, second_lap, pairs, name: str,
-             size: int) -> tuple[dict, np.ndarray]:
-    """One drive of the world model with ``memory`` and noise seed ``seed``: its metrics and frames."""
-    model = WorldModel(backbone, config=WorldModelConfig(memory=memory))
+def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, poses, K, layout, second_lap, pairs,
+             name: str, size: int) -> tuple[dict, np.ndarray]:
+    """One drive of the world model configured by ``config`` with noise seed ``seed``: its metrics and frames."""
+    model = WorldModel(backbone, config=config)
     model.reset(truth.rgb[:1], K[:1], poses[:1], depth=truth.depth[:1])
     generator = torch.Generator().manual_seed(seed)
     grid = size // backbone.downsample
     frames, valid = [truth.rgb[:1]], [torch.ones(1, grid, grid, dtype=torch.bool)]
     start = time.perf_counter()
-    for i in tqdm(range(1, len(poses)), desc=f"{name} {memory} seed {seed}", unit="frame", leave=False):
+    for i in tqdm(range(1, len(poses)), desc=f"{name} {config.memory} seed {seed}", unit="frame", leave=False):
         out = model.render(poses[i : i + 1], K[:1], layout=layout[i : i + 1, None], generator=generator)
         frames.append(out.rgb[:, 0])
         valid.append(out.valid[:, 0, 0])
@@ -151,7 +156,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="[px] square frames the model generates")
     parser.add_argument("--loop-min-m", type=float, default=120.0, help="[m] shortest loop to drive twice")
     parser.add_argument("--stride", type=int, default=2, help="expert steps (0.1 s) per generated frame")
+    parser.add_argument("--memories", nargs="+", default=list(MEMORIES), choices=MEMORIES,
+                        help="memories to compare (the gains over none and pixel need those two)")
     parser.add_argument("--seeds", type=int, default=3, help="noise seeds per route and memory (metrics are means)")
+    parser.add_argument("--reencode", type=float, default=WorldModelConfig.reencode,
+                        help="weight of re-encoded frames in memory and context (see world_model.world_model)")
+    parser.add_argument("--min-confidence", type=float, default=LatentCacheConfig.min_confidence,
+                        help="the latent cache's min_confidence (see world_model.latent_cache)")
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
     parser.add_argument("--video", default="docs/fidelity.mp4")
     parser.add_argument("--sheet", default="docs/fidelity_contact_sheet.png")
@@ -170,27 +181,36 @@ def main() -> None:
 
     keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
             "sharpness_ratio", "ms_per_frame")
-    overall = {memory: {key: round(mean(memory, key), 3) for key in keys} for memory in MEMORIES}
+    memories = args.memories
+    overall = {memory: {key: round(mean(memory, key), 3) for key in keys} for memory in memories}
+
+    def gain(other: str) -> float | None:
+        if "latent" not in overall or other not in overall:
+            return None
+        return round(overall["latent"]["revisit_psnr"] - overall[other]["revisit_psnr"], 2)
+
     report = {
         "benchmark": "fidelity",
         "model": args.model or "shipped default",
         "image_size": args.size,
+        "reencode": args.reencode,
+        "min_confidence": args.min_confidence,
         "stride_steps": args.stride,
         "routes": routes,
         "mean": overall,
-        "revisit_psnr_gain_over_none_db": round(overall["latent"]["revisit_psnr"] - overall["none"]["revisit_psnr"], 2),
-        "revisit_psnr_latent_minus_pixel_db": round(overall["latent"]["revisit_psnr"] - overall["pixel"]["revisit_psnr"], 2),
+        "revisit_psnr_gain_over_none_db": gain("none"),
+        "revisit_psnr_latent_minus_pixel_db": gain("pixel"),
     }
-    print(f"\n{'':28}" + "".join(f"{m:>12}" for m in MEMORIES))
+    print(f"\n{'':28}" + "".join(f"{m:>12}" for m in memories))
     for key in keys:
-        print(f"{key:28}" + "".join(f"{overall[m][key]:>12.3f}" for m in MEMORIES))
+        print(f"{key:28}" + "".join(f"{overall[m][key]:>12.3f}" for m in memories))
     print(f"revisit PSNR gain over no memory: {report['revisit_psnr_gain_over_none_db']} dB; "
           f"latent - pixel: {report['revisit_psnr_latent_minus_pixel_db']} dB")
     write_report(report, args.out)
     write_video(args.video, first_video, fps=10.0 / args.stride, quality=5)  # 720 frames: 2 MB, not 10
     chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)
     sheet = contact_sheet(first_video[chosen], [f"frame {i}" for i in chosen], columns=1,
-                          title=f"{routes[0]['map']}: ground truth | latent cache | pixel memory | no memory")
+                          title=f"{routes[0]['map']}: ground truth | " + " | ".join(TITLES[m] for m in memories))
     sheet.save(args.sheet)
     print(f"wrote {args.video} and {args.sheet}")
 

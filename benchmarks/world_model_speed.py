@@ -3,9 +3,10 @@
 The expert drives a Town01 route; the world model starts from its first ground-truth frame and
 renders the later poses one at a time with the latent cache and the road layout, exactly as
 ``MirageDrive-v0`` does, at batch 1 and with 16 copies of the drive (each with its own memory and
-noise) batched in one call, as the batched vector env renders. Each ``--model`` runs in the same process one after another, so models compare side by
-side. Reported per model, size and batch: frames/s and milliseconds per step in the memory
-read, the generator, the decoder, the depth head and the memory write (the rest is the layout
+noise) batched in one call, as the batched vector env renders. Each ``--model`` runs in the
+same process one after another, so models compare side by side. Reported per model, size and
+batch: frames/s and milliseconds per step in the memory read, the generator, the decoder, the
+re-encoding of the frames shown, the depth head and the memory write (the rest is the layout
 and the loop). The issue's target is 30 frames/s at 128 px, batch 1.
 
     python benchmarks/world_model_speed.py [--model DIR ...] [--sizes 64 128] [--steps 150]
@@ -28,8 +29,8 @@ from world_model.pretrained import load_default_backbone
 from world_model.world_model import WorldModel
 
 STAGES = {"memory read": ("memory", "read"), "generator": ("backbone", "generate"),
-          "decoder": ("backbone", "decode"), "depth head": ("backbone", "estimate_depth"),
-          "memory write": ("memory", "write")}
+          "decoder": ("backbone", "decode"), "re-encode": ("backbone", "encode"),
+          "depth head": ("backbone", "estimate_depth"), "memory write": ("memory", "write")}
 
 
 def timed_stages(model: WorldModel) -> dict[str, float]:

@@ -81,7 +81,8 @@ def test_dynamic_tokens_are_never_written():
     assert len(model.memory) == before  # every write filters, not only the first frame
 
 
-def test_chunks_pass_their_last_frame_on_as_context():
+@pytest.mark.parametrize("reencode", [0.0, 0.25, 1.0])
+def test_chunks_pass_their_last_frame_on_as_context(reencode):
     rgb, depth, K, pose = street_start()
     backbone = tiny_backbone()
     seen = []
@@ -94,14 +95,18 @@ def test_chunks_pass_their_last_frame_on_as_context():
         return latents
 
     backbone.generate = recording
-    model = WorldModel(backbone, config=WorldModelConfig(chunk_length=2))
+    model = WorldModel(backbone, config=WorldModelConfig(chunk_length=2, reencode=reencode))
     model.reset(rgb, K, pose, depth=depth)
     out = model.render(forward_poses(1, 5), K, generator=torch.Generator().manual_seed(0))
     assert out.rgb.shape[1] == 5
     contexts, latents = seen[0::2], seen[1::2]
     assert [lat.shape[0] for lat in latents] == [2, 2, 1]
     for chunk in range(1, 3):
-        assert torch.equal(contexts[chunk][0, -1], latents[chunk - 1][-1])
+        generated = latents[chunk - 1][-1:]
+        # Re-encoding: the context mixes the shown frame, encoded again, into the generated latents.
+        shown = backbone.encode(backbone.decode(generated))
+        assert not torch.allclose(shown, generated, atol=1e-2)
+        assert torch.allclose(contexts[chunk][0, -1:], torch.lerp(generated, shown, reencode), atol=1e-5)
 
 
 @pytest.mark.parametrize("memory", ["latent", "pixel", "none"])
@@ -204,7 +209,8 @@ def test_traced_backbone_renders_what_the_eager_one_does():
         one = model.render(forward_poses(1, 2), K[:1], generator=torch.Generator().manual_seed(7), env_ids=[0])
         both = model.render(forward_poses(2, 2)[:, 1:], K, generator=torch.Generator().manual_seed(8))
         outputs.append((one.rgb, both.rgb))
-    assert len(traced._traced) == 3 * 2  # UNet, decoder and depth head, one trace per batch shape
+    # UNet, encoder (reset and re-encoding), decoder and depth head, one trace per batch shape
+    assert len(traced._traced) == 4 * 2
     for run in outputs[1:]:
         for a, b in zip(outputs[0], run):
             assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding
@@ -269,7 +275,9 @@ def test_env_frames_from_a_world_model_folder(tmp_path):
     import mirage_env  # noqa: F401  (registers the envs)
 
     path = tiny_backbone().save_pretrained(tmp_path / "model")
-    env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32)
+    env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32,
+                   world_model_reencode=0.5)
+    assert env.unwrapped.frames.model.config.reencode == 0.5
     start = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     observations = []
     for _ in range(2):

@@ -207,7 +207,7 @@ class TinyBackbone:
     """The default backbone (see the module doc); implements :class:`world_model.backbone.Backbone`."""
 
     def __init__(self, autoencoder: TinyAutoencoder, generator: TinyGenerator, trace: bool = False):
-        """``trace``: run the generator's UNet, the decoder and the depth head as frozen
+        """``trace``: run the generator's UNet, the encoder, the decoder and the depth head as frozen
         TorchScript traces (one per network and input shape, made on first use): the same
         numbers with less Python overhead per step, which dominates at batch 1 on small grids.
         Only for fixed weights: a trace does not follow later training (``from_pretrained``
@@ -216,7 +216,8 @@ class TinyBackbone:
             raise ValueError("autoencoder and generator disagree on latent channels")
         self.autoencoder, self.generator = autoencoder.eval(), generator.eval()
         self.trace = trace
-        self._networks = {"unet": generator.unet, "decode": _Method(autoencoder, "decode"),
+        self._networks = {"unet": generator.unet, "encode": _Method(autoencoder, "encode"),
+                          "decode": _Method(autoencoder, "decode"),
                           "estimate_depth": _Method(autoencoder, "estimate_depth")}
         self._traced: dict[tuple, torch.jit.ScriptModule] = {}
         self.latent_channels = autoencoder.config.latent_channels
@@ -256,7 +257,8 @@ class TinyBackbone:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(images.to(self.device))
+        _check_images(images, self.downsample)
+        return self._run("encode", images.to(self.device))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -267,7 +269,7 @@ class TinyBackbone:
         return self._run("estimate_depth", latents)
 
     def _run(self, network: str, *inputs: torch.Tensor):
-        """The ``network`` (unet, decode or estimate_depth) on ``inputs``, through its trace for
+        """The ``network`` (unet, encode, decode or estimate_depth) on ``inputs``, through its trace for
         these input shapes when tracing."""
         if not self.trace:
             return self._networks[network](*inputs)
