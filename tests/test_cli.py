@@ -19,7 +19,7 @@ def run_demo(tmp_path, *overrides: str) -> dict:
 
 def test_demo_writes_video_sheet_and_trajectory(tmp_path):
     """The README's main job, at a tiny size, with the shipped world model, in a subprocess as a user runs it."""
-    summary = run_demo(tmp_path, "renderer=world_model")
+    summary = run_demo(tmp_path)  # the default renderer
     assert 60 <= summary["route_length_m"] <= 120 and summary["frames"] == 41
     video = imageio.mimread(tmp_path / "drive.mp4", memtest=False)
     assert len(video) == summary["frames"] and video[0].shape == (48 + 16, 64 * 2, 3)  # generated | truth + HUD
@@ -31,7 +31,7 @@ def test_demo_writes_video_sheet_and_trajectory(tmp_path):
 
 
 def test_demo_with_the_ground_truth_renderer(tmp_path):
-    summary = run_demo(tmp_path, "max_steps=5")  # the default renderer
+    summary = run_demo(tmp_path, "renderer=ground_truth", "max_steps=5")
     video = imageio.mimread(tmp_path / "drive.mp4", memtest=False)
     assert len(video) == summary["frames"] == 6 and video[0].shape == (48 + 16, 64 * 3, 3)  # RGB | depth | labels
 

@@ -387,6 +387,8 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageDrive-v0", bend_map, observation="depth")
     with pytest.raises(ValueError, match="memory"):
         make("MirageWorld-v0", bend_map, memory="voxels")
+    with pytest.raises(ValueError, match=r"world_model_reencode.*\[0, 1\]"):
+        make("MirageWorld-v0", bend_map, world_model_reencode=1.5)
 
 
 def test_missing_maps_raise_file_not_found(bend_map, tmp_path):

@@ -51,10 +51,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "render_fps": 1.0 / self.config.dt_s}
         # A batched vector env passes one shared source and gives each env its own slot in it.
-        self.frames: FrameSource = with_traffic(frame_source or make_frame_source(
-            self.config.renderer, self.config.height, self.config.width, self.config.world_model_path,
-            self.config.memory, self.config.device, model_size=self.config.world_model_size,
-        ), self.config)
+        self.frames: FrameSource = with_traffic(frame_source or make_frame_source(self.config), self.config)
         self.traffic = None  # editors.Traffic of the running episode, when the config asks for traffic
         self.slot = slot
         self.observation_space = observation_space(self.config)

@@ -21,13 +21,13 @@ import numpy as np
 
 from mirage_env.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_TERMS
 from mirage_env.vehicle import BicycleModel, CameraMount
-from world_model.world_model import MEMORIES
+from world_model.world_model import MEMORIES, WorldModelConfig
 
 OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
-                               "world_model_path", "memory", "world_model_size", "traffic_vehicles", "traffic_pedestrians",
-                               "refine_assets", "refiner_path"})
+                               "world_model_path", "memory", "world_model_size", "world_model_reencode",
+                               "traffic_vehicles", "traffic_pedestrians", "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
 
@@ -45,12 +45,16 @@ class EnvConfig:
     route_min_length_m: float = 100.0  # [m] random routes are at least this long where the map allows
     route_max_length_m: float = 300.0  # [m]
     # --- frames and observations -------------------------------------------------------------
-    # "ground_truth" (the exact scene) or "world_model" (generated frames). The default stays the
-    # ground truth until the shipped world model holds up over long episodes (README, Status).
-    renderer: str = "ground_truth"
+    # "world_model" (generated frames) or "ground_truth" (the exact scene: for comparison, and
+    # about twice the steps/s for fast training).
+    renderer: str = "world_model"
     world_model_path: str | None = None  # world-model weights folder; None: the model shipped in the package
     memory: str = "latent"  # the world model's memory: "latent" (cache), "pixel" (baseline) or "none"
     world_model_size: int = 128  # [px] square size the world model generates at (frames are resized to width x height)
+    # Weight of the shown frames, encoded again, in what the world model's memory and context
+    # keep (0 to 1; see world_model.world_model): more holds long episodes together, less keeps
+    # the first seconds sharper.
+    world_model_reencode: float = WorldModelConfig.reencode
     device: str = "cpu"  # torch device that renders
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
@@ -108,6 +112,8 @@ class EnvConfig:
         )
         require(self.renderer in RENDERERS, f"`renderer` must be one of {RENDERERS}, got {self.renderer!r}")
         require(self.memory in MEMORIES, f"`memory` must be one of {MEMORIES}, got {self.memory!r}")
+        require(0.0 <= self.world_model_reencode <= 1.0,
+                f"`world_model_reencode` must be in [0, 1], got {self.world_model_reencode!r}")
         require(isinstance(self.world_model_size, (int, np.integer)) and self.world_model_size >= 16
                 and self.world_model_size % 16 == 0,
                 f"`world_model_size` must be a multiple of 16 pixels (the default model's latent grid is 1/4 of "

@@ -19,9 +19,9 @@ class MirageDriveEnv(MirageEnv):
 
     A car follows a route through a road map (CARLA's Town01, a procedural town or any OpenDRIVE
     file, dressed with buildings, trees, poles and parked cars) and sees it through a camera
-    mounted on the car. The frames come from a frame source: ``renderer="ground_truth"`` (the
-    default) draws the scene exactly; ``renderer="world_model"`` generates them with the video
-    world model and its latent spatial memory, starting from the exact first frame.
+    mounted on the car. The frames come from a frame source: ``renderer="world_model"`` (the
+    default) generates them with the video world model and its latent spatial memory, starting
+    from the exact first frame; ``renderer="ground_truth"`` draws the scene exactly.
     Rewards, infractions and episode ends are measured on the road map and the scene's geometry,
     never on pixels.
 

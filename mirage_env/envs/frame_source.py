@@ -89,16 +89,18 @@ class WorldModelFrames:
     size, by default) and frames are resized to the observation size; a map scenario's road layout conditions it
     (rasterised from the map at each pose, see :mod:`mirage_env.layout`). Each slot's samples
     come from its own ``torch.Generator``, seeded at reset, so episodes are reproducible.
+    ``memory`` and ``reencode`` (None: the default) are :class:`world_model.world_model.WorldModelConfig`'s.
     """
 
     def __init__(self, height: int, width: int, slots: int = 1, model_path: str | None = None,
-                 memory: str = "latent", device: str = "cpu", model_size: int = 128):
+                 memory: str = "latent", device: str = "cpu", model_size: int = 128, reencode: float | None = None):
         from world_model.pretrained import load_default_backbone
         from world_model.world_model import WorldModel, WorldModelConfig
 
         self.height, self.width, self.model_size = height, width, model_size
         backbone = load_default_backbone(model_path, device)
-        self.model = WorldModel(backbone, num_envs=slots, config=WorldModelConfig(memory=memory))
+        config = WorldModelConfig(memory=memory) if reencode is None else WorldModelConfig(memory=memory, reencode=reencode)
+        self.model = WorldModel(backbone, num_envs=slots, config=config)
         self._layouts: dict[int, LayoutRasteriser | None] = {}
         self._generators: dict[int, torch.Generator] = {}
         self.last_depth = torch.zeros(0, 1, height, width)  # (B, 1, H, W) [m] last render, estimated per token
@@ -163,11 +165,12 @@ def _check_render_call(slots: Sequence[int], cam_to_world: torch.Tensor, K: torc
         raise RuntimeError(f"slots {missing} have not been reset: call reset(slot, ...) first")
 
 
-def make_frame_source(renderer: str, height: int, width: int, model_path: str | None = None, memory: str = "latent",
-                      device: str = "cpu", slots: int = 1, model_size: int = 128) -> FrameSource:
-    """The frame source named by an env config's ``renderer``."""
-    if renderer == "ground_truth":
-        return GroundTruthFrames(height, width)
-    if renderer == "world_model":
-        return WorldModelFrames(height, width, slots, model_path, memory, device, model_size)
-    raise ValueError(f"unknown renderer {renderer!r}; choose 'ground_truth' or 'world_model'")
+def make_frame_source(config, slots: int = 1) -> FrameSource:
+    """The frame source an env config (:class:`mirage_env.envs.config.EnvConfig`) names in
+    ``renderer``, with ``slots`` envs."""
+    if config.renderer == "ground_truth":
+        return GroundTruthFrames(config.height, config.width)
+    if config.renderer == "world_model":
+        return WorldModelFrames(config.height, config.width, slots, config.world_model_path, config.memory,
+                                config.device, config.world_model_size, config.world_model_reencode)
+    raise ValueError(f"unknown renderer {config.renderer!r}; choose 'ground_truth' or 'world_model'")

@@ -31,9 +31,7 @@ class MirageVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         overrides.pop("max_episode_steps", None)  # the envs truncate at their own `max_steps`
         config = env_class.config_class().updated(overrides)
-        source = with_traffic(make_frame_source(config.renderer, config.height, config.width,
-                                                config.world_model_path, config.memory, config.device,
-                                                slots=num_envs, model_size=config.world_model_size), config)
+        source = with_traffic(make_frame_source(config, slots=num_envs), config)
         self.envs = [env_class(render_mode=render_mode, config=config, frame_source=source, slot=i)
                      for i in range(num_envs)]
         self.frames = source

@@ -22,9 +22,9 @@ class MirageWorldEnv(MirageEnv):
     procedural town or any OpenDRIVE file, dressed with buildings, trees and parked cars) it
     starts at car-mount height over the start of a route and is rewarded for following the
     route; with a start image and no map (``start_image``) it explores whatever the image
-    shows. The frames come from a frame source: ``renderer="ground_truth"`` (the default) draws
-    a map's scene exactly; ``renderer="world_model"`` generates them with the video world model,
-    and is the only one that can continue a start image.
+    shows. The frames come from a frame source: ``renderer="world_model"`` (the default)
+    generates them with the video world model, and is the only one that can continue a start
+    image; ``renderer="ground_truth"`` draws a map's scene exactly.
 
     ```python
     import gymnasium as gym
