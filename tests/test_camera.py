@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from world_model.camera import (
+    camera_points,
     camera_pose,
     camera_rays,
     intrinsics_from_fov,
@@ -31,6 +32,19 @@ def test_unproject_then_project_returns_pixel_centres_and_depths():
     assert torch.allclose(z, depth.reshape(3, -1), rtol=1e-4)
     assert torch.allclose(uv[0, :, 0], cols.reshape(-1), atol=2e-3)
     assert torch.allclose(uv[0, :, 1], rows.reshape(-1), atol=2e-3)
+
+
+def test_camera_points_are_the_world_points_in_the_camera_frame():
+    generator = torch.Generator().manual_seed(2)
+    poses = random_poses(generator, 2)
+    K = torch.stack([intrinsics_from_fov(fov, 32, 24) for fov in (60, 100)])
+    depth = torch.rand(2, 1, 24, 32, generator=generator) * 50 + 0.5
+    local = camera_points(depth, K)
+    assert torch.allclose(local[..., 2], depth[:, 0])  # z-depth
+    world = torch.einsum("bij,bhwj->bhwi", poses[:, :3, :3], local) + poses[:, None, None, :3, 3]
+    assert torch.allclose(world, unproject_depth(depth, K, poses), atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        camera_points(depth[:, 0], K)
 
 
 def test_camera_looks_along_yaw_with_y_down():

@@ -389,6 +389,8 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageWorld-v0", bend_map, memory="voxels")
     with pytest.raises(ValueError, match=r"world_model_reencode.*\[0, 1\]"):
         make("MirageWorld-v0", bend_map, world_model_reencode=1.5)
+    with pytest.raises(ValueError, match="world_model_precision.*bfloat16"):
+        make("MirageWorld-v0", bend_map, world_model_precision="half")
 
 
 def test_missing_maps_raise_file_not_found(bend_map, tmp_path):

@@ -216,6 +216,25 @@ def test_traced_backbone_renders_what_the_eager_one_does():
             assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding
 
 
+@pytest.mark.parametrize("trace", [False, True])
+def test_bfloat16_backbone_renders_float32_frames_close_to_the_float32_ones(trace):
+    rgb, depth, K, pose = street_start(2)
+    full = tiny_backbone(seed=3)
+    half = TinyBackbone(full.autoencoder, full.generator, trace=trace, precision="bfloat16")
+    frames = []
+    for backbone in (full, half):
+        model = WorldModel(backbone, num_envs=2)
+        model.reset(rgb, K, pose, depth=depth)
+        frames.append(model.render(forward_poses(2, 2), K, generator=torch.Generator().manual_seed(7)).rgb)
+    latents = half.encode(torch.rand(2, 3, SIZE, SIZE))
+    assert latents.dtype == half.estimate_depth(latents)[0].dtype == half.decode(latents).dtype == torch.float32
+    difference = (frames[0].float() - frames[1].float()).abs()
+    assert difference.max() > 0  # it did run in bfloat16 ...
+    assert difference.mean() < 2.0  # ... which moves frames by rounding only (of 255 levels)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TinyBackbone(full.autoencoder, full.generator, precision="float16")
+
+
 def test_generator_too_narrow_for_its_attention_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 32"):
         TinyGenerator(block_out_channels=(8, 16))
@@ -224,7 +243,7 @@ def test_generator_too_narrow_for_its_attention_is_a_clear_error():
 def test_pretrained_round_trip_and_clear_errors(tmp_path):
     backbone = tiny_backbone()
     path = backbone.save_pretrained(tmp_path / "model")
-    loaded = TinyBackbone.from_pretrained(path)
+    loaded = TinyBackbone.from_pretrained(path, trace=False)  # eager, to compare exactly
     images = torch.rand(1, 3, SIZE, SIZE)
     assert torch.equal(loaded.decode(loaded.encode(images)), backbone.decode(backbone.encode(images)))
     weights = path / "generator" / "diffusion_pytorch_model.safetensors"
@@ -276,8 +295,9 @@ def test_env_frames_from_a_world_model_folder(tmp_path):
 
     path = tiny_backbone().save_pretrained(tmp_path / "model")
     env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32,
-                   world_model_reencode=0.5)
+                   world_model_reencode=0.5, world_model_precision="bfloat16")
     assert env.unwrapped.frames.model.config.reencode == 0.5
+    assert env.unwrapped.frames.model.backbone.precision == "bfloat16"
     start = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     observations = []
     for _ in range(2):

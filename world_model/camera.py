@@ -166,6 +166,19 @@ def camera_rays(K: torch.Tensor, cam_to_world: torch.Tensor, height: int, width:
     return cam_to_world[:, :3, 3], directions
 
 
+def camera_points(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Camera-frame points (B, H, W, 3) of every pixel centre of ``depth`` (B, 1, H, W) with
+    intrinsics ``K`` (B, 3, 3); depth <= 0 (no surface) gives the camera centre."""
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise ValueError(f"`depth` must be (B, 1, H, W), got {tuple(depth.shape)}")
+    check_intrinsics(K, batch=depth.shape[0])
+    uv = pixel_centres(depth.shape[2], depth.shape[3], K.device)
+    z = depth[:, 0]
+    x = (uv[..., 0] - K[:, 0, 2].view(-1, 1, 1)) / K[:, 0, 0].view(-1, 1, 1) * z
+    y = (uv[..., 1] - K[:, 1, 2].view(-1, 1, 1)) / K[:, 1, 1].view(-1, 1, 1) * z
+    return torch.stack([x, y, z], dim=-1)
+
+
 def unproject_depth(depth: torch.Tensor, K: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
     """World points (B, H, W, 3) of every pixel centre of ``depth`` (B, 1, H, W).
 

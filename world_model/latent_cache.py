@@ -67,7 +67,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from world_model.camera import check_intrinsics, check_poses, invert_pose, scale_intrinsics, unproject_depth
+from world_model.camera import camera_points, check_intrinsics, check_poses, invert_pose, scale_intrinsics
 from world_model.memory import MemoryFrame, MemoryRead, nearest_per_cell, token_depth
 
 _STATE = ("key", "offset", "patch", "latent", "confidence", "last_used")
@@ -210,19 +210,22 @@ class LatentCache:
         keep = (depth > 0) & (depth <= cfg.max_range_m) & ~dynamic & (confidence >= cfg.min_confidence)
 
         K_latent = scale_intrinsics(frame.K.to(self.device, torch.float32), 1 / cfg.downsample, 1 / cfg.downsample)
-        points = unproject_depth(depth, K_latent, frame.cam_to_world.to(self.device, torch.float32))
+        local = camera_points(depth, K_latent)  # (B, h, w, 3) in each writing camera's frame
         focal = 0.5 * (K_latent[:, 0, 0] + K_latent[:, 1, 1])
         footprint = depth / focal.view(-1, 1, 1, 1)
-        pose = frame.cam_to_world.to(self.device, torch.float32)
-        patch = _fit_patch_to_cell(points, _patch_axes(points, depth, footprint, pose), K_latent, pose)
+        local_patch = _fit_patch_to_cell(local, _patch_axes(local, depth, footprint), K_latent)
 
+        # Only the kept tokens go to the world frame.
         mask = keep[:, 0]
         view = torch.arange(batch, device=self.device).view(-1, 1, 1).expand_as(mask)[mask]
-        key, cell, voxel = self._voxel_keys(points[mask], footprint[:, 0][mask], ids[view])
+        pose = frame.cam_to_world.to(self.device, torch.float32)[view]
+        points = torch.einsum("nij,nj->ni", pose[:, :3, :3], local[mask]) + pose[:, :3, 3]
+        patch = torch.einsum("nij,naj->nai", pose[:, :3, :3], local_patch[mask])
+        key, cell, voxel = self._voxel_keys(points, footprint[:, 0][mask], ids[view])
         new = {
             "key": key,
-            "offset": _to_int8((points[mask] / voxel[:, None] - cell) * _OFFSET_STEPS),
-            "patch": _to_int8(_shrink_to_int8_range(patch[mask] / voxel[:, None, None] * _PATCH_STEPS)),
+            "offset": _to_int8((points / voxel[:, None] - cell) * _OFFSET_STEPS),
+            "patch": _to_int8(_shrink_to_int8_range(patch / voxel[:, None, None] * _PATCH_STEPS)),
             "latent": latents.permute(0, 2, 3, 1)[mask].to(self.latent.dtype),
             "confidence": confidence[:, 0][mask].half(),
             "last_used": torch.full_like(view, self.step, dtype=torch.int32),
@@ -577,8 +580,9 @@ def _fill_gaps(read: MemoryRead, reach: int) -> MemoryRead:
     )
 
 
-def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tensor, cam_to_world: torch.Tensor):
-    """(B, h, w, 2, 3) half-axes of each token's surface patch along the grid's columns and rows.
+def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, 2, 3) half-axes of each token's surface patch along the grid's columns and rows,
+    in the camera frame of ``points`` (B, h, w, 3).
 
     Half the vector between the token's neighbours' points where they lie on the same surface
     (valid depth within a factor of 2); across an edge or at the border, the camera's own axis
@@ -587,7 +591,8 @@ def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tens
     depth = depth[:, 0]
     axes = []
     for dim, camera_axis in ((2, 0), (1, 1)):  # columns (image x), rows (image y)
-        fallback = cam_to_world[:, None, None, :3, camera_axis] * (footprint[:, 0, :, :, None] / 2)
+        fallback = torch.zeros_like(points)
+        fallback[..., camera_axis] = footprint[:, 0] / 2
         steps = []
         for shift in (-1, 1):  # neighbour at +1 (after rolling by -1) and at -1
             other_points = torch.roll(points, shift, dims=dim)
@@ -604,21 +609,19 @@ def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tens
     return torch.stack(axes, dim=-2)
 
 
-def _fit_patch_to_cell(points: torch.Tensor, axes: torch.Tensor, K_latent: torch.Tensor, cam_to_world: torch.Tensor):
-    """Shrink each half-axis (B, h, w, 2, 3) so that, seen from the camera that wrote it, the
-    patch stays inside the token's own cell: a read from the same pose then shows every stored
-    token in its own cell and nowhere else."""
-    world_to_cam = invert_pose(cam_to_world)
-    rotation, translation = world_to_cam[:, None, None, :3, :3], world_to_cam[:, None, None, :3, 3]
-    centre = (rotation @ points[..., None])[..., 0] + translation  # (B, h, w, 3) camera frame
+def _fit_patch_to_cell(points: torch.Tensor, axes: torch.Tensor, K_latent: torch.Tensor) -> torch.Tensor:
+    """Shrink each half-axis (B, h, w, 2, 3) of the patches centred on ``points`` (B, h, w, 3),
+    both in the writing camera's frame, so that, seen from that camera, the patch stays inside
+    the token's own cell: a read from the same pose then shows every stored token in its own
+    cell and nowhere else."""
     fx, fy = K_latent[:, 0, 0].view(-1, 1, 1), K_latent[:, 1, 1].view(-1, 1, 1)
-    u0 = fx * centre[..., 0] / centre[..., 2].clamp(min=_NEAR_M)
-    v0 = fy * centre[..., 1] / centre[..., 2].clamp(min=_NEAR_M)
+    u0 = fx * points[..., 0] / points[..., 2].clamp(min=_NEAR_M)
+    v0 = fy * points[..., 1] / points[..., 2].clamp(min=_NEAR_M)
     fitted = []
     for axis in range(2):
         reach = torch.zeros_like(u0)
         for sign in (1.0, -1.0):
-            corner = centre + sign * (rotation @ axes[..., axis, :, None])[..., 0]
+            corner = points + sign * axes[..., axis, :]
             z = corner[..., 2].clamp(min=_NEAR_M)
             reach = torch.maximum(reach, (fx * corner[..., 0] / z - u0).abs())
             reach = torch.maximum(reach, (fy * corner[..., 1] / z - v0).abs())

@@ -17,8 +17,10 @@ from world_model.tiny_backbone import TinyBackbone
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "tiny"
 
 
-def load_default_backbone(path: str | Path | None = None, device: torch.device | str = "cpu") -> TinyBackbone:
-    """The backbone in ``path``, or the shipped default when None."""
+def load_default_backbone(path: str | Path | None = None, device: torch.device | str = "cpu",
+                          precision: str = "float32") -> TinyBackbone:
+    """The backbone in ``path``, or the shipped default when None; ``precision``: see
+    :class:`~world_model.tiny_backbone.TinyBackbone`."""
     folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if not folder.is_dir():
         where = "the package's default world model" if path is None else "world model folder"
@@ -26,4 +28,4 @@ def load_default_backbone(path: str | Path | None = None, device: torch.device |
             f"{where} not found at {folder}. Train one with `mirage train-world-model` and pass its "
             f"`<out_dir>/model` folder as world_model_path."
         )
-    return TinyBackbone.from_pretrained(folder, device)
+    return TinyBackbone.from_pretrained(folder, device, precision=precision)

@@ -21,12 +21,14 @@ import numpy as np
 
 from mirage_env.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_TERMS
 from mirage_env.vehicle import BicycleModel, CameraMount
+from world_model.tiny_backbone import PRECISIONS
 from world_model.world_model import MEMORIES, WorldModelConfig
 
 OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
                                "world_model_path", "memory", "world_model_size", "world_model_reencode",
+                               "world_model_precision",
                                "traffic_vehicles", "traffic_pedestrians", "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
@@ -55,6 +57,10 @@ class EnvConfig:
     # keep (0 to 1; see world_model.world_model): more holds long episodes together, less keeps
     # the first seconds sharper.
     world_model_reencode: float = WorldModelConfig.reencode
+    # "bfloat16" runs the world model's networks in bfloat16: faster batched steps (the batched
+    # vector env) on CPUs with native bfloat16 (AMX / AVX-512 BF16), slower elsewhere and at
+    # batch 1; see world_model.tiny_backbone.TinyBackbone.
+    world_model_precision: str = "float32"
     device: str = "cpu"  # torch device that renders
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
@@ -114,6 +120,8 @@ class EnvConfig:
         require(self.memory in MEMORIES, f"`memory` must be one of {MEMORIES}, got {self.memory!r}")
         require(0.0 <= self.world_model_reencode <= 1.0,
                 f"`world_model_reencode` must be in [0, 1], got {self.world_model_reencode!r}")
+        require(self.world_model_precision in PRECISIONS,
+                f"`world_model_precision` must be one of {PRECISIONS}, got {self.world_model_precision!r}")
         require(isinstance(self.world_model_size, (int, np.integer)) and self.world_model_size >= 16
                 and self.world_model_size % 16 == 0,
                 f"`world_model_size` must be a multiple of 16 pixels (the default model's latent grid is 1/4 of "
