@@ -5,7 +5,8 @@ Measured (the expert drives, so episodes are long and realistic; resets are incl
 - one env, 64x64 and 128x128, world-model and ground-truth frames; at 64x64 the world model
   generates at 128 px (its training size, resized) and natively at 64 px (``world_model_size=64``);
 - the batched vector env (``vector_entry_point``, one renderer call per step) with 16 envs,
-  aggregate steps/s;
+  aggregate steps/s, with the world model's networks in float32 (the default) and in bfloat16
+  (``world_model_precision``, faster on CPUs with native bfloat16);
 - highway-fast-v0 with 64x64 grayscale image observations (highway-env's image observation),
   random actions, the reference;
 - time per step over 10,000 world-model steps at 64x64: first vs last thousand (the memory is
@@ -101,10 +102,11 @@ def single_env(size: int, renderer: str, steps: int, model: str | None, model_si
     return (rate, np.array(times)) if per_step else rate
 
 
-def batched(size: int, renderer: str, num_envs: int, steps: int, model: str | None, model_size: int = 128) -> float:
+def batched(size: int, renderer: str, num_envs: int, steps: int, model: str | None, model_size: int = 128,
+            precision: str = "float32") -> float:
     vector = gym.make_vec("MirageDrive-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
                           map="Town01", width=size, height=size, renderer=renderer, world_model_path=model,
-                          world_model_size=model_size, max_steps=100_000)
+                          world_model_size=model_size, world_model_precision=precision, max_steps=100_000)
     vector.reset(seed=0)
     envs = vector.unwrapped.envs
     for _ in range(3):
@@ -142,6 +144,9 @@ def main() -> None:
             name = f"16 envs batched world_model {size}x{size} (model at {model_size} px)"
             rates[name] = batched(size, "world_model", 16, args.vector_steps, args.model, model_size)
             print(f"{name}: {rates[name]:.1f} steps/s", flush=True)
+            name = f"16 envs batched world_model {size}x{size} (model at {model_size} px, bfloat16)"
+            rates[name] = batched(size, "world_model", 16, args.vector_steps, args.model, model_size, "bfloat16")
+            print(f"{name}: {rates[name]:.1f} steps/s", flush=True)
     _, times = single_env(64, "world_model", args.long_steps, args.model, args.long_model_size, per_step=True)
     thousand = min(1000, len(times) // 2)
     report["long_run"] = f"{len(times)} steps, 64x64, model at {args.long_model_size} px"
@@ -153,8 +158,9 @@ def main() -> None:
         for model_size in (64, 128):
             report[f"world_model_64_over_highway (model at {model_size} px)"] = round(
                 rates[f"1 env world_model 64x64 (model at {model_size} px)"] / highway, 2)
-            report[f"batched16_64_over_highway (model at {model_size} px)"] = round(
-                rates[f"16 envs batched world_model 64x64 (model at {model_size} px)"] / highway, 2)
+            for suffix in ("", ", bfloat16"):
+                report[f"batched16_64_over_highway (model at {model_size} px{suffix})"] = round(
+                    rates[f"16 envs batched world_model 64x64 (model at {model_size} px{suffix})"] / highway, 2)
 
     print(f"\n{'':56}{'steps/s':>10}")
     for name, rate in rates.items():
