@@ -19,7 +19,7 @@ Writes a table, ``benchmarks/results/fidelity.json``, a side-by-side video (grou
 latent | pixel | none) ``docs/fidelity.mp4`` and a contact sheet ``docs/fidelity_contact_sheet.png``.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
-                                  [--reencode 0.25] [--min-confidence 0.5]
+                                  [--reencode 0.25] [--min-confidence 0.5] [--precision float32]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from mirage_env.visualize import contact_sheet, write_video
 from world_model.metrics import laplacian_variance, psnr, ssim
 from world_model.latent_cache import LatentCacheConfig
 from world_model.pretrained import load_default_backbone
+from world_model.tiny_backbone import PRECISIONS
 from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
 
 REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
@@ -163,12 +164,14 @@ def main() -> None:
                         help="weight of re-encoded frames in memory and context (see world_model.world_model)")
     parser.add_argument("--min-confidence", type=float, default=LatentCacheConfig.min_confidence,
                         help="the latent cache's min_confidence (see world_model.latent_cache)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="precision of the backbone's networks (see world_model.tiny_backbone)")
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
     parser.add_argument("--video", default="docs/fidelity.mp4")
     parser.add_argument("--sheet", default="docs/fidelity_contact_sheet.png")
     args = parser.parse_args()
 
-    backbone = load_default_backbone(args.model)
+    backbone = load_default_backbone(args.model, precision=args.precision)
     routes, first_video = [], None
     for index, spec in enumerate(args.maps):
         summary, video = run_route(backbone, spec, seed=index, args=args)
@@ -195,6 +198,7 @@ def main() -> None:
         "image_size": args.size,
         "reencode": args.reencode,
         "min_confidence": args.min_confidence,
+        "precision": args.precision,
         "stride_steps": args.stride,
         "routes": routes,
         "mean": overall,

@@ -5,9 +5,10 @@ renders the later poses one at a time with the latent cache and the road layout,
 ``MirageDrive-v0`` does, at batch 1 and with 16 copies of the drive (each with its own memory and
 noise) batched in one call, as the batched vector env renders. Each ``--model`` and
 ``--precision`` (the backbone's float32 or bfloat16 networks) runs in the same process one after
-another, so they compare side by side. Reported per model, precision, size and batch: frames/s and milliseconds per step in the memory read, the generator, the decoder, the
-re-encoding of the frames shown, the depth head and the memory write (the rest is the layout
-and the loop). The issue's target is 30 frames/s at 128 px, batch 1.
+another, so they compare side by side. Reported per model, precision, size and batch: frames/s
+and milliseconds per step in the memory read, the generator, the decoder, the re-encoding of the
+frames shown, the depth head and the memory write (the rest is the layout and the loop). The
+issue's target is 30 frames/s at 128 px, batch 1.
 
     python benchmarks/world_model_speed.py [--model DIR ...] [--precision float32 bfloat16] [--sizes 64 128]
                                            [--batches 1 16] [--steps 150]

@@ -235,6 +235,22 @@ def test_bfloat16_backbone_renders_float32_frames_close_to_the_float32_ones(trac
         TinyBackbone(full.autoencoder, full.generator, precision="float16")
 
 
+def test_bfloat16_on_a_cpu_that_emulates_it_warns(monkeypatch):
+    import warnings
+
+    from world_model import tiny_backbone as module
+
+    full = tiny_backbone()
+    monkeypatch.setattr(module, "_cpu_has_native_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated and slower"):
+        TinyBackbone(full.autoencoder, full.generator, precision="bfloat16")
+    monkeypatch.setattr(module, "_cpu_has_native_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TinyBackbone(full.autoencoder, full.generator, precision="bfloat16")
+        TinyBackbone(full.autoencoder, full.generator)
+
+
 def test_generator_too_narrow_for_its_attention_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 32"):
         TinyGenerator(block_out_channels=(8, 16))

@@ -219,17 +219,20 @@ class TinyBackbone:
 
         ``precision``: ``"bfloat16"`` runs the four networks under bfloat16 autocast (weights
         and outputs stay float32; normalisations run in float32). On CPUs with native bfloat16
-        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames at 128 px: UNet 56 ->
-        35 ms, encoder 43 -> 30 ms; ``benchmarks/world_model_speed.py --precision``) while a
-        single frame gets slower, and elsewhere it is slower throughout, so it is opt-in. Frames
-        differ from float32 ones by rounding (UNet outputs by 0.5 %), so a rollout takes another
-        path than in float32, as with another noise seed."""
+        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames per step at 128 px: 153
+        -> 230 frames/s; ``benchmarks/world_model_speed.py --precision``) and gains nothing at
+        batch 1; elsewhere it is emulated and slower (a warning says so), so it is opt-in.
+        Frames differ from float32 ones by rounding (UNet outputs by 0.5 %), so a rollout takes
+        another path than in float32, as with another noise seed."""
         if autoencoder.config.latent_channels != generator.config.latent_channels:
             raise ValueError("autoencoder and generator disagree on latent channels")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.autoencoder, self.generator = autoencoder.eval(), generator.eval()
         self.trace, self.precision = trace, precision
+        if precision == "bfloat16" and self.device.type == "cpu" and not _cpu_has_native_bfloat16():
+            warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (AMX or AVX-512 BF16) is emulated "
+                          "and slower than float32; use precision='float32' here", stacklevel=2)
         self._networks = {"unet": generator.unet, "encode": _Method(autoencoder, "encode"),
                           "decode": _Method(autoencoder, "decode"),
                           "estimate_depth": _Method(autoencoder, "estimate_depth")}
@@ -314,6 +317,13 @@ class TinyBackbone:
         noise = sample_noise(shape, targets, generator).to(self.device)
         inputs, timestep, base = self.generator.unet_inputs(conditioning, noise, level)
         return base + self._run("unet", inputs, timestep)["sample"]
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); elsewhere oneDNN
+    emulates it. Asked through torch's private CPU probes; False if they are gone."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
 
 
 def _as_float32(outputs):
