@@ -20,4 +20,4 @@ def test_world_model_speed_compares_precisions_and_records_the_machine(tmp_path)
     for run in report["runs"]:
         assert run["size"] == 32 and run["batch"] == 2 and run["frames_per_second"] > 0
         assert run["ms_per_step_by_stage"]["generator"] > 0
-    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"] and "cpu_features" in report["machine"]
