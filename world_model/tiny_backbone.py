@@ -226,8 +226,7 @@ class TinyBackbone:
         another path than in float32, as with another noise seed."""
         if autoencoder.config.latent_channels != generator.config.latent_channels:
             raise ValueError("autoencoder and generator disagree on latent channels")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        _check_precision(precision)
         self.autoencoder, self.generator = autoencoder.eval(), generator.eval()
         self.trace, self.precision = trace, precision
         if precision == "bfloat16" and self.device.type == "cpu" and not _cpu_has_native_bfloat16():
@@ -248,8 +247,7 @@ class TinyBackbone:
                         precision: str = "float32") -> TinyBackbone:
         """Load ``path/autoencoder`` and ``path/generator`` (diffusers ``save_pretrained`` folders);
         ``trace`` and ``precision``: see the constructor."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        _check_precision(precision)
         path = Path(path)
         parts = {}
         for name, model_class in (("autoencoder", TinyAutoencoder), ("generator", TinyGenerator)):
@@ -317,6 +315,11 @@ class TinyBackbone:
         noise = sample_noise(shape, targets, generator).to(self.device)
         inputs, timestep, base = self.generator.unet_inputs(conditioning, noise, level)
         return base + self._run("unet", inputs, timestep)["sample"]
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _cpu_has_native_bfloat16() -> bool:
