@@ -4,8 +4,9 @@
 ``configs/agent/<name>.yaml`` is a Hydra override (``mirage train agent=sac total_timesteps=5e4
 n_envs=2 agent.hyperparameters.learning_rate=1e-4``). Top to bottom:
 
-1. vectorised training envs (``SubprocVecEnv``: one process per env) and a separate
-   evaluation env (other seeds);
+1. vectorised training envs (``vec_env``: by default batched, every step of all envs rendered
+   in one call, see :func:`agents.common.make_vec_envs`) and a separate evaluation env (other
+   seeds);
 2. the model: resumed from the newest checkpoint in ``out_dir/checkpoints`` (SAC with its
    replay buffer), else a new one, optionally starting from another checkpoint's policy
    (``init_from``: e.g. a behaviour-cloned policy, ``mirage train agent=bc``);

@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_module
 from test_env import BEND_ROUTE, BEND_XODR  # the test modules' shared small map (tests/ is on sys.path)
 
-from agents.common import latest_checkpoint
+from agents.common import BatchedVecEnv, latest_checkpoint, make_vec_envs
 from agents.evaluate import evaluate
 from agents.imitation import Demonstrations, action_error, behaviour_cloning, dagger_rollouts, record_demonstrations
 from agents.metrics import RouteResult, compare_renderers, score_route, summarize
@@ -244,7 +244,7 @@ def test_eval_with_traffic_and_without_a_shipped_world_model(tmp_path, bend_map,
 def test_train_ppo_in_a_subprocess_as_a_user_runs_it(tmp_path, bend_map):
     """``mirage train agent=ppo`` with a tiny budget: model, checkpoints, evaluations, tensorboard."""
     command = [sys.executable, "-m", "agents.cli", "train", "agent=ppo", f"map={bend_map}", f"out_dir={tmp_path}",
-               "total_timesteps=64", "n_envs=2", "vec_env=dummy", "agent.hyperparameters.n_steps=16",
+               "total_timesteps=64", "n_envs=2", "agent.hyperparameters.n_steps=16",
                "agent.hyperparameters.batch_size=16", "agent.hyperparameters.n_epochs=1", "eval_every=32",
                "eval_episodes=1", "checkpoint_every=32", f"width={SIZE}", f"height={SIZE}", "max_steps=30",
                "progress_bar=false", "threads=1", *(f"+env_settings.{k}={v}" for k, v in SHORT_ROUTES.items())]
@@ -262,6 +262,65 @@ def test_train_ppo_in_a_subprocess_as_a_user_runs_it(tmp_path, bend_map):
     assert [e["timesteps"] for e in episodes] == sorted(e["timesteps"] for e in episodes)
     assert summary["learning_curve"] == str(tmp_path / "learning_curve.png")
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_batched_vec_env_steps_as_sb3s_dummy_vec_env(bend_map):
+    """The batched VecEnv (one render call per step) gives what DummyVecEnv of the same envs
+    gives: observations, rewards, dones, infos (the episode's last info, terminal observation,
+    time-limit flag) and reset infos."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    cfg = train_config(f"map={bend_map}", f"width={SIZE}", f"height={SIZE}", "max_steps=6",
+                       *(f"+env_settings.{k}={v}" for k, v in SHORT_ROUTES.items()))
+    batched = make_vec_envs(cfg, 3, seed=5, vec_env="batched")
+    dummy = make_vec_envs(cfg, 3, seed=5, vec_env="dummy")
+    assert isinstance(batched.unwrapped, BatchedVecEnv) and isinstance(dummy.unwrapped, DummyVecEnv)
+    observations, expected = batched.reset(), dummy.reset()
+    assert all(np.array_equal(observations[key], expected[key]) for key in expected)
+    rng = np.random.default_rng(0)
+    dones_seen = 0
+    for _ in range(8):
+        actions = rng.uniform(-1, 1, size=(3, 2)).astype(np.float32)
+        observations, rewards, dones, infos = batched.step(actions)
+        expected, expected_rewards, expected_dones, expected_infos = dummy.step(actions)
+        assert all(np.array_equal(observations[key], expected[key]) for key in expected)
+        np.testing.assert_allclose(rewards, expected_rewards, rtol=1e-6)
+        assert np.array_equal(dones, expected_dones)
+        for info, expected_info in zip(infos, expected_infos):
+            assert info["TimeLimit.truncated"] == expected_info["TimeLimit.truncated"]
+            assert info["route_completion"] == pytest.approx(expected_info["route_completion"])
+            assert info["infractions"] == expected_info["infractions"]
+            if "terminal_observation" in expected_info:
+                dones_seen += 1
+                assert info["episode"]["l"] == expected_info["episode"]["l"]  # VecMonitor beside Monitor
+                assert info["episode"]["r"] == pytest.approx(expected_info["episode"]["r"], rel=1e-5)
+                for key, value in expected_info["terminal_observation"].items():
+                    assert np.array_equal(info["terminal_observation"][key], value)
+        assert ([i["route_completion"] for i in batched.unwrapped.reset_infos]
+                == [i["route_completion"] for i in dummy.unwrapped.reset_infos])
+    assert dones_seen >= 3  # every env ended at least once (6-step limit)
+    batched.close()
+    dummy.close()
+    with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
+        BatchedVecEnv(gym.make_vec("MirageDrive-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                                   map=bend_map, renderer="ground_truth"))
+
+
+def test_ppo_trains_on_batched_envs_and_logs_their_episodes(bend_map):
+    from stable_baselines3 import PPO
+
+    from agents.common import DrivingMetricsCallback
+
+    cfg = train_config(f"map={bend_map}", f"width={SIZE}", f"height={SIZE}", "max_steps=20",
+                       *(f"+env_settings.{k}={v}" for k, v in SHORT_ROUTES.items()))
+    envs = make_vec_envs(cfg, 4, seed=0, vec_env="batched")
+    model = PPO("MultiInputPolicy", envs, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    episodes = DrivingMetricsCallback()
+    model.learn(total_timesteps=256, callback=episodes)
+    assert model.num_timesteps == 256
+    assert episodes.episodes >= 4 * (256 // 4 // 20) - 4  # every env finished its 20-step episodes
+    assert len(model.ep_info_buffer) == episodes.episodes and all(e["l"] <= 20 for e in model.ep_info_buffer)
+    envs.close()
 
 
 def test_train_sac_resumes_with_its_replay_buffer_and_evaluates(tmp_path, bend_map):

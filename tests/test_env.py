@@ -438,3 +438,42 @@ def test_batched_vector_env_matches_single_envs_and_autoresets(bend_map):
     assert (rewards == 0).all() and not (terminated | truncated).any()
     assert vector.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     vector.close()
+
+
+def test_batched_vector_env_same_step_autoreset_matches_gymnasiums_sync_vector_env(bend_map):
+    """``autoreset_mode="same_step"`` behaves as Gymnasium's own SyncVectorEnv in that mode: the
+    ended env's new first observation comes back at once, its last one in ``final_obs``."""
+    overrides = {"map": bend_map, "width": 32, "height": 32, **BEND_ROUTE, "renderer": "ground_truth"}
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    vector = gym.make_vec("MirageDrive-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                          autoreset_mode="same_step", **overrides)
+    # Env 1 ends after 2 steps, env 0 after 4: the two run out of step.
+    reference = gym.vector.SyncVectorEnv([lambda: gym.make("MirageDrive-v0", **overrides, max_steps=4),
+                                          lambda: gym.make("MirageDrive-v0", **overrides, max_steps=2)],
+                                         autoreset_mode=same_step)
+    vector.unwrapped.envs[0].config = vector.unwrapped.envs[0].config.updated({"max_steps": 4})
+    vector.unwrapped.envs[1].config = vector.unwrapped.envs[1].config.updated({"max_steps": 2})
+    assert vector.metadata["autoreset_mode"] == same_step
+    observations, _ = vector.reset(seed=3)
+    expected, _ = reference.reset(seed=3)
+    assert np.array_equal(observations["rgb"], expected["rgb"])
+    actions = np.tile(np.array([[0.1, 1.0]], dtype=np.float32), (2, 1))
+    ended = 0
+    for _ in range(5):
+        observations, rewards, terminated, truncated, infos = vector.step(actions)
+        expected, expected_rewards, expected_terminated, expected_truncated, expected_infos = reference.step(actions)
+        assert np.array_equal(observations["rgb"], expected["rgb"])
+        np.testing.assert_allclose(rewards, expected_rewards)
+        assert np.array_equal(truncated, expected_truncated) and np.array_equal(terminated, expected_terminated)
+        for i in np.flatnonzero(truncated):
+            ended += 1
+            assert infos["_final_obs"][i] and expected_infos["_final_obs"][i]
+            assert np.array_equal(infos["final_obs"][i]["rgb"], expected_infos["final_obs"][i]["rgb"])
+            assert not np.array_equal(infos["final_obs"][i]["rgb"], observations["rgb"][i])  # reset at once
+            assert infos["final_info"]["termination_reason"][i] == "step_limit"
+    assert ended == 3  # env 1 at steps 2 and 4, env 0 at step 4
+    vector.close()
+    reference.close()
+    with pytest.raises(ValueError, match="autoreset_mode must be 'next_step' or 'same_step'"):
+        gym.make_vec("MirageDrive-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     autoreset_mode="disabled", **overrides)
