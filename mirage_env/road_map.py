@@ -169,6 +169,7 @@ class RoadMap:
         self.node_xy = np.stack([n.xy for n in self.nodes])
         self.node_yaw = np.array([n.yaw for n in self.nodes])
         self._kdtree = cKDTree(self.node_xy)
+        self._node_xy_list = self.node_xy.tolist()  # for the route search heuristic
         self._by_lane = _index_by_lane(self.nodes)
         self.graph = self._build_graph()
 
@@ -243,10 +244,12 @@ class RoadMap:
         pick the lane direction at either end."""
         source = self.nearest_node(start, start_yaw)
         target = self.nearest_node(goal, goal_yaw)
-        target_xy = self.node_xy[target]
+        target_x, target_y = self._node_xy_list[target]
+        node_xy = self._node_xy_list
 
-        def distance_to_goal(node: int, _target: int) -> float:
-            return float(np.linalg.norm(self.node_xy[node] - target_xy))
+        def distance_to_goal(node: int, _target: int) -> float:  # the search's hot loop: plain floats
+            x, y = node_xy[node]
+            return math.hypot(x - target_x, y - target_y)
 
         try:
             path = nx.astar_path(self.graph, source, target, heuristic=distance_to_goal, weight="weight")

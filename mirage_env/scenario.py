@@ -59,10 +59,12 @@ class StaticObstacles:
         reach = math.hypot(half[0], half[1])  # the query's ground-plane bounding radius
         # Only objects whose bounding circles meet the query's can overlap it: test those exactly.
         near = np.flatnonzero(((self.box_centre[:, :2] - centre[:2]) ** 2).sum(1) <= (self.box_reach + reach) ** 2)
-        labels = list(self.box_class[near[self._boxes_overlapping(near, centre, half, axes)]])
+        labels = list(self.box_class[near[self._boxes_overlapping(near, centre, half, axes)]]) if near.size else []
         # Sphere: the closest point of the box to its centre is within its radius.
         near = np.flatnonzero(((self.sphere_centre[:, :2] - centre[:2]) ** 2).sum(1)
                               <= (self.sphere_radius + reach) ** 2)
+        if not near.size:  # most queries: nothing close (the exact tests below cost more than the search)
+            return {Semantic(int(label)) for label in labels}
         local = (self.sphere_centre[near, :2] - centre[:2]) @ axes.T
         local_z = self.sphere_centre[near, 2:] - centre[2]
         offset = np.concatenate([local, local_z], axis=1)
