@@ -294,6 +294,59 @@ def test_frame_source_renders_several_slots_in_one_call(bend_map):
     assert not np.array_equal(together[0], together[1])
 
 
+@pytest.mark.parametrize("env_id, action", [("MirageDrive-v0", [0.3, 1.0]), ("MirageWorld-v0", [0.1, 0, 1, 0, 0.4, 0])])
+def test_frames_per_step_renders_the_motion_within_each_step(env_id, action, bend_map):
+    """With frames_per_step=3 a step renders three frames along its motion: the last is the
+    frame of frames_per_step=1 (same motion, rewards and episode), the first is where a third of
+    the step leads (a step of a third of dt_s, or a third of the camera step)."""
+    action = np.array(action, dtype=np.float32)
+    one, three = make(env_id, bend_map, **BEND_ROUTE), make(env_id, bend_map, frames_per_step=3, **BEND_ROUTE)
+    third = {"dt_s": 0.1 / 3} if env_id == "MirageDrive-v0" else {"max_translation_m": 0.5 / 3,
+                                                                    "max_rotation_deg": 5.0 / 3}
+    short = make(env_id, bend_map, **BEND_ROUTE, **third)
+    for env in (one, three, short):
+        env.reset(seed=0)
+    short_obs, *_ = short.step(action)
+    previous = one.unwrapped._rgb.copy()
+    for step in range(4):
+        obs, reward, terminated, truncated, info = one.step(action)
+        obs3, reward3, terminated3, truncated3, info3 = three.step(action)
+        frames = info3["frames"]
+        assert frames.shape == (3, 32, 32, 3) and "frames" not in info
+        assert np.array_equal(frames[-1], obs3["rgb"]) and np.array_equal(obs3["rgb"], obs["rgb"])
+        assert (reward3, terminated3, truncated3) == (reward, terminated, truncated)
+        assert info3["rewards"] == info["rewards"]
+        if step == 0:
+            assert np.array_equal(frames[0], short_obs["rgb"])
+        # Along the motion: each frame is further from the previous step's last frame.
+        change = [np.abs(frame.astype(int) - previous).mean() for frame in frames]
+        assert 0 < change[0] < change[1] < change[2]
+        previous = obs["rgb"]
+    with pytest.raises(ValueError, match="frames_per_step"):
+        make(env_id, bend_map, frames_per_step=0)
+    with pytest.raises(ValueError, match="frames_per_step=1 with traffic"):
+        make(env_id, bend_map, frames_per_step=2, traffic_vehicles=1)
+    with pytest.raises(ValueError, match="gym.make"):
+        three.reset(options={"frames_per_step": 1})
+
+
+def test_batched_vector_env_renders_several_frames_per_step(bend_map):
+    overrides = {"map": bend_map, "width": 32, "height": 32, **BEND_ROUTE, "renderer": "ground_truth",
+                 "frames_per_step": 2}
+    vector = gym.make_vec("MirageDrive-v0", num_envs=2, vectorization_mode="vector_entry_point", **overrides)
+    single = gym.make("MirageDrive-v0", **overrides)
+    vector.reset(seed=4)
+    single.reset(seed=5)
+    actions = np.array([[0.0, 1.0], [0.2, 0.8]], dtype=np.float32)
+    for _ in range(2):
+        observations, _, _, _, infos = vector.step(actions)
+        single_obs, _, _, _, single_info = single.step(actions[1])
+        assert infos["frames"].shape == (2, 2, 32, 32, 3)
+        assert np.array_equal(infos["frames"][1], single_info["frames"])
+        assert np.array_equal(observations["rgb"][1], single_obs["rgb"])
+    vector.close()
+
+
 def test_render_shows_the_observation_beside_a_birds_eye_map_and_records_video(bend_map, tmp_path):
     pytest.importorskip("moviepy")
     from gymnasium.wrappers import RecordVideo

@@ -321,5 +321,20 @@ def test_env_frames_from_a_world_model_folder(tmp_path):
         obs, *_ = env.step(np.array([0, 0, 0.5, 0, 0, 0], dtype=np.float32))
         observations.append(obs["rgb"])
     assert observations[0].shape == (32, 32, 3) and np.array_equal(observations[0], observations[1])
+    # Several frames per step are generated one after the other along the step: the frames of
+    # three steps a third as long (the same poses, memory updates and noise draws).
+    start_options = {"start_image": start, "start_depth": np.full((32, 32), 6.0)}
+    forward = np.array([0, 0, 0.5, 0, 0, 0], dtype=np.float32)
+    env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32,
+                   frames_per_step=3)
+    thirds = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32,
+                      max_translation_m=0.5 / 3)
+    env.reset(seed=5, options=start_options)
+    thirds.reset(seed=5, options=start_options)
+    obs, _, _, _, info = env.step(forward)
+    expected = [thirds.step(forward)[0]["rgb"] for _ in range(3)]
+    assert info["frames"].shape == (3, 32, 32, 3) and np.array_equal(info["frames"][-1], obs["rgb"])
+    assert all(np.array_equal(frame, other) for frame, other in zip(info["frames"], expected))
+    assert not np.array_equal(expected[0], expected[2])
     with pytest.raises(FileNotFoundError, match="train-world-model"):
         gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(tmp_path / "nothing"))

@@ -1,8 +1,9 @@
 """What MirageDrive-v0 and MirageWorld-v0 share: scenarios, frames, observations, rewards, render().
 
 A step is split in two so that a batched vector env can render many envs at once:
-:meth:`MirageEnv.move` turns an action into the new camera pose, the frame source renders it,
-and :meth:`MirageEnv.finish_step` turns the frame into the step's results. The subclasses say
+:meth:`MirageEnv.move` turns an action into the camera poses of the step's frames (the last is
+the new pose), the frame source renders them, and :meth:`MirageEnv.finish_step` turns the
+frames into the step's results. The subclasses say
 how actions move the ego and what its footprint is.
 """
 
@@ -62,6 +63,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         self.K = torch.zeros(3, 3)  # (3, 3) intrinsics of this episode's frames
         self._rgb = np.zeros((self.config.height, self.config.width, 3), dtype=np.uint8)
         self._trail: list[np.ndarray] = []
+        self._step_frames: np.ndarray | None = None  # (T, H, W, 3) of the last step when T > 1
         self._last = _no_outcome()
 
     # ------------------------------------------------------------------ subclass hooks
@@ -70,7 +72,8 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         raise NotImplementedError
 
     def _apply_action(self, action: np.ndarray) -> torch.Tensor:
-        """Move the ego by a checked ``action``; return the new ``cam_to_world`` (4, 4)."""
+        """Move the ego by a checked ``action``; return the ``cam_to_world`` (T, 4, 4) of the
+        step's ``T = frames_per_step`` frames along the motion, the last the new pose."""
         raise NotImplementedError
 
     def _ego(self) -> tuple[np.ndarray, float, float]:
@@ -120,6 +123,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
             self.frames.set_assets(self.slot, traffic_instances(self.traffic))
             self._rgb = self.frames.insert(self.slot, start.rgb[0], start.depth[0], self.K, start.cam_to_world[0])
         self._trail = [xy]
+        self._step_frames = None
         self._last = _no_outcome()
         return self._observation(), self._info()
 
@@ -138,11 +142,12 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
 
     def step(self, action: np.ndarray):
         cam_to_world = self.move(action)
-        frame = self.frames.render([self.slot], cam_to_world[None], self.K[None])[0]
-        return self.finish_step(frame)
+        frames = self.frames.render([self.slot], cam_to_world[None], self.K[None])[0]
+        return self.finish_step(frames)
 
     def move(self, action: np.ndarray) -> torch.Tensor:
-        """Check ``action`` and move the ego; returns the camera pose to render, (4, 4)."""
+        """Check ``action`` and move the ego; returns the camera poses to render, (T, 4, 4) for
+        ``T = frames_per_step`` frames, the last the new pose."""
         if self.scenario is None:
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.float64)
@@ -160,9 +165,10 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
             self.frames.set_assets(self.slot, traffic_instances(self.traffic))
         return cam_to_world
 
-    def finish_step(self, frame: np.ndarray):
-        """Score the move and observe ``frame`` (H, W, 3) uint8; returns Gymnasium's step tuple."""
-        self._rgb = frame
+    def finish_step(self, frames: np.ndarray):
+        """Score the move and observe its ``frames`` (T, H, W, 3) uint8; returns Gymnasium's step tuple."""
+        self._rgb = frames[-1]
+        self._step_frames = frames if len(frames) > 1 else None
         xy, yaw, speed = self._ego()
         self._trail.append(xy)
         scenario = self.scenario
@@ -234,6 +240,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
             "termination_reason": self._last.reason,
             **({"labels": self.frames.labels[self.slot], "instance_mask": self.frames.instance_masks[self.slot]}
                if self.traffic is not None else {}),
+            **({"frames": self._step_frames} if self._step_frames is not None else {}),
         }
 
     def _render_start(self, scenario: MapScenario, cam_to_world: torch.Tensor, K: torch.Tensor) -> StartFrame:

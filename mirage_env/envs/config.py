@@ -28,7 +28,7 @@ OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
                                "world_model_path", "memory", "world_model_size", "world_model_reencode",
-                               "world_model_precision",
+                               "world_model_precision", "frames_per_step",
                                "traffic_vehicles", "traffic_pedestrians", "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
 
@@ -69,6 +69,10 @@ class EnvConfig:
     camera_height_m: float = CameraMount.height_m  # [m] camera above the ground
     camera_pitch_deg: float = CameraMount.pitch_deg  # [deg] > 0 looks up
     observation: str = "dict"  # "dict" (rgb + ego/route state) or "rgb" (the image alone)
+    # Frames rendered per step, along the step's motion (the world model generates them in turn):
+    # the observation is the last, info["frames"] (frames_per_step, height, width, 3) holds all.
+    # The motion, rewards and episode are the same for any value.
+    frames_per_step: int = 1
     route_points: int = 8  # route points ahead in the observation
     route_point_spacing_m: float = 4.0  # [m] between them, along the route
     # --- episode ----------------------------------------------------------------------------
@@ -106,7 +110,10 @@ class EnvConfig:
                     f"`{name}` must be an integer >= 0, got {value!r}")
         require(self.traffic_seed is None or isinstance(self.traffic_seed, (int, np.integer)),
                 f"`traffic_seed` must be an integer or None, got {self.traffic_seed!r}")
-        for name in ("width", "height", "route_points", "max_steps", "render_size"):
+        require(self.frames_per_step == 1 or not (self.traffic_vehicles or self.traffic_pedestrians),
+                f"traffic is inserted into one frame per step: use frames_per_step=1 with traffic_vehicles or "
+                f"traffic_pedestrians, got frames_per_step={self.frames_per_step!r}")
+        for name in ("width", "height", "route_points", "max_steps", "render_size", "frames_per_step"):
             value = getattr(self, name)
             require(
                 isinstance(value, (int, np.integer)) and value > 0,

@@ -60,7 +60,10 @@ class MirageDriveEnv(MirageEnv):
     enough for on-policy RL on a CPU (the ground truth renders it in ~10 ms; the world model
     generates at ``world_model_size``, 128 px by default, and resizes) and is above the 36 x 36 minimum of
     stable-baselines3's ``CnnPolicy``; pass ``width=128, height=128`` for more detail.
-    Stack frames with Gymnasium's ``FrameStackObservation`` wrapper.
+    Stack frames with Gymnasium's ``FrameStackObservation`` wrapper. ``frames_per_step=k``
+    renders k frames along each step's motion (the car after ``dt_s * i / k``; the world model
+    generates them one after the other): ``rgb`` is the last, ``info["frames"]`` (k, height,
+    width, 3) holds all (not with traffic).
 
     The reference point of the car (for route, lane and speed terms) is its centre, half a
     wheelbase ahead of the rear axle.
@@ -138,8 +141,13 @@ class MirageDriveEnv(MirageEnv):
         return self._render_start(scenario, self._camera_pose(), self.mount.intrinsics())
 
     def _apply_action(self, action: np.ndarray) -> torch.Tensor:
-        self.state = self.model.step(self.state, float(action[0]), float(action[1]), self.episode_config.dt_s)
-        return self._camera_pose()
+        config, start = self.episode_config, self.state
+        steer, throttle = float(action[0]), float(action[1])
+        # Frames before the last show the same motion after fractions of the step.
+        frames = config.frames_per_step
+        states = [self.model.step(start, steer, throttle, config.dt_s * i / frames) for i in range(1, frames)]
+        self.state = self.model.step(start, steer, throttle, config.dt_s)
+        return self.mount.poses(np.stack([state.as_array() for state in (*states, self.state)]))
 
     def _camera_pose(self) -> torch.Tensor:
         return self.mount.poses(self.state.as_array()[None])[0]

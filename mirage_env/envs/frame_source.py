@@ -44,7 +44,8 @@ class FrameSource(Protocol):
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
         """Frames (B, H, W, 3) uint8 of ``cam_to_world`` (B, 4, 4) with intrinsics ``K``
-        (B, 3, 3), pose ``b`` seen in ``slots[b]``'s episode."""
+        (B, 3, 3), pose ``b`` seen in ``slots[b]``'s episode; given (B, T, 4, 4), the frames
+        (B, T, H, W, 3) of T consecutive poses per slot, in order."""
         ...
 
 
@@ -70,15 +71,18 @@ class GroundTruthFrames:
         self._renderers[slot] = scenario.assets.renderer
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
-        _check_render_call(slots, cam_to_world, K, self._renderers)
-        frames = np.empty((len(slots), self.height, self.width, 3), dtype=np.uint8)
-        self.last_depth = torch.zeros(len(slots), 1, self.height, self.width)
+        poses = _check_render_call(slots, cam_to_world, K, self._renderers)
+        steps = poses.shape[1]
+        frames = np.empty((len(slots), steps, self.height, self.width, 3), dtype=np.uint8)
+        depth = torch.zeros(len(slots), steps, 1, self.height, self.width)
         for indices in _by_identity([self._renderers[slot] for slot in slots]):
             renderer = self._renderers[slots[indices[0]]]
-            out = renderer.render(cam_to_world[indices], K[indices], self.height, self.width)
-            frames[indices] = out.rgb.cpu().numpy()
-            self.last_depth[indices] = out.depth.cpu()
-        return frames
+            out = renderer.render(poses[indices].flatten(0, 1), K[indices].repeat_interleave(steps, dim=0),
+                                  self.height, self.width)
+            frames[indices] = out.rgb.cpu().numpy().reshape(len(indices), steps, *frames.shape[2:])
+            depth[indices] = out.depth.cpu().view(len(indices), steps, *depth.shape[2:])
+        self.last_depth = depth[:, -1]
+        return frames if cam_to_world.ndim == 4 else frames[:, 0]
 
 
 class WorldModelFrames:
@@ -123,31 +127,38 @@ class WorldModelFrames:
                dynamic: torch.Tensor | None = None) -> np.ndarray:
         """As :meth:`FrameSource.render`; ``dynamic`` (B, 1, H, W) bool marks pixels the caller
         will cover with moving things (inserted assets): never written to the memory."""
-        _check_render_call(slots, cam_to_world, K, self._generators)
+        poses = _check_render_call(slots, cam_to_world, K, self._generators)
+        batch, steps = poses.shape[:2]
+        if dynamic is not None and steps > 1:
+            raise ValueError("`dynamic` masks one frame per slot: render one pose per slot with it")
         K_model = self._model_intrinsics(K)
         layout = None
         mapped = [index for index, slot in enumerate(slots) if self._layouts[slot] is not None]
         if mapped:
             # One ray cast for every env with a map, then each map classifies its envs' hits.
-            ground, seen = ground_hits(cam_to_world[mapped], K_model[mapped], self.model_size, self.model_size)
+            ground, seen = ground_hits(poses[mapped].flatten(0, 1), K_model[mapped].repeat_interleave(steps, dim=0),
+                                       self.model_size, self.model_size)
+            ground, seen = ground.unflatten(0, (len(mapped), steps)), seen.unflatten(0, (len(mapped), steps))
             grid = self.model_size // self.model.backbone.downsample
-            layout = torch.zeros(len(slots), 1, self.model.backbone.layout_channels, grid, grid)
+            layout = torch.zeros(batch, steps, self.model.backbone.layout_channels, grid, grid)
             for rows in _by_identity([self._layouts[slots[index]] for index in mapped]):
                 rasterise = self._layouts[slots[mapped[rows[0]]]]
-                layout[[mapped[row] for row in rows], 0] = rasterise.classify(ground[rows], seen[rows],
-                                                                              self.model.backbone.downsample)
+                classes = rasterise.classify(ground[rows].flatten(0, 1), seen[rows].flatten(0, 1),
+                                             self.model.backbone.downsample)
+                layout[[mapped[row] for row in rows]] = classes.unflatten(0, (len(rows), steps))
         size = (self.model_size, self.model_size)
         if dynamic is not None:
             dynamic = (F.interpolate(dynamic.float(), size=size, mode="bilinear", align_corners=False) > 0)[:, None]
-        out = self.model.render(cam_to_world[:, None], K_model, layout=layout, dynamic=dynamic,
+        out = self.model.render(poses, K_model, layout=layout, dynamic=dynamic,
                                 generator=[self._generators[slot] for slot in slots], env_ids=list(slots))
-        self.last_depth = F.interpolate(out.depth[:, 0].float().cpu(), size=(self.height, self.width), mode="nearest")
-        frames = out.rgb[:, 0]
+        self.last_depth = F.interpolate(out.depth[:, -1].float().cpu(), size=(self.height, self.width), mode="nearest")
+        frames = out.rgb.flatten(0, 1)
         if (self.height, self.width) != (self.model_size, self.model_size):
             resized = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(self.height, self.width),
                                     mode="bilinear", antialias=True, align_corners=False)
             frames = (resized.clamp(0, 255) + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
-        return frames.cpu().numpy()
+        frames = frames.unflatten(0, (batch, steps)).cpu().numpy()
+        return frames if cam_to_world.ndim == 4 else frames[:, 0]
 
 
 def _by_identity(items: Sequence[object]) -> list[list[int]]:
@@ -158,13 +169,21 @@ def _by_identity(items: Sequence[object]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _check_render_call(slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor, started) -> None:
-    """Shapes of a ``render`` call, and every slot reset (in ``started``)."""
-    check_poses(cam_to_world, batch=len(slots))
+def _check_render_call(slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor, started) -> torch.Tensor:
+    """Shapes of a ``render`` call, and every slot reset (in ``started``); returns the poses as
+    (B, T, 4, 4)."""
+    if not isinstance(cam_to_world, torch.Tensor) or cam_to_world.ndim not in (3, 4):
+        raise ValueError(f"`cam_to_world` must be (B, 4, 4) or (B, T, 4, 4), got "
+                         f"{tuple(getattr(cam_to_world, 'shape', ())) or type(cam_to_world).__name__}")
+    poses = cam_to_world if cam_to_world.ndim == 4 else cam_to_world[:, None]
+    if poses.shape[0] != len(slots):
+        raise ValueError(f"`cam_to_world` has poses for {poses.shape[0]} slots, expected {len(slots)}")
+    check_poses(poses.flatten(0, 1))
     check_intrinsics(K, batch=len(slots))
     missing = [slot for slot in slots if slot not in started]
     if missing:
         raise RuntimeError(f"slots {missing} have not been reset: call reset(slot, ...) first")
+    return poses
 
 
 def make_frame_source(config, slots: int = 1) -> FrameSource:

@@ -276,6 +276,11 @@ class TrafficFrames:
         return (result[0].permute(1, 2, 0) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
 
     def render(self, slots: Sequence[int], cam_to_world: torch.Tensor, K: torch.Tensor) -> np.ndarray:
+        if cam_to_world.ndim == 4:  # (B, T, 4, 4): one frame per slot only
+            if cam_to_world.shape[1] != 1:
+                raise ValueError(f"traffic is inserted into one frame per slot and render call, got "
+                                 f"{cam_to_world.shape[1]} poses per slot (frames_per_step must be 1 with traffic)")
+            return self.render(slots, cam_to_world[:, 0], K)[:, None]
         if isinstance(self.inner, WorldModelFrames):
             dynamic = torch.zeros(len(slots), 1, self.height, self.width, dtype=torch.bool)
             for index, slot in enumerate(slots):

@@ -84,7 +84,9 @@ class MirageWorldEnv(MirageEnv):
     ``{"map": "town:3"}`` or ``{"start_image": img, "start_depth": depth, "start_intrinsics": K}``
     (``start_image`` must be ``(height, width, 3)`` uint8), except those that shape the spaces;
     unknown keys raise ``ValueError``. ``render_mode="rgb_array"``: ``render()`` returns the
-    observation beside a bird's-eye map.
+    observation beside a bird's-eye map. ``frames_per_step=k`` renders k frames along each
+    camera step (translation and rotation scaled by ``i / k``; the world model generates them
+    one after the other): ``rgb`` is the last, ``info["frames"]`` (k, height, width, 3) holds all.
 
     ## Version History
 
@@ -123,14 +125,22 @@ class MirageWorldEnv(MirageEnv):
 
     def _apply_action(self, action: np.ndarray) -> torch.Tensor:
         config = self.episode_config
-        step = np.eye(4)
-        step[:3, :3] = Rotation.from_rotvec(action[3:] * math.radians(config.max_rotation_deg)).as_matrix()
-        step[:3, 3] = action[:3] * config.max_translation_m
+        rotation = action[3:] * math.radians(config.max_rotation_deg)
+        translation = action[:3] * config.max_translation_m
+        # Frames before the last show fractions of the step: the translation and the rotation
+        # (about the same axis) scaled down.
+        poses = []
+        for i in range(1, config.frames_per_step + 1):
+            fraction = i / config.frames_per_step
+            step = np.eye(4)
+            step[:3, :3] = Rotation.from_rotvec(rotation * fraction).as_matrix()
+            step[:3, 3] = translation * fraction
+            # Float64 composition keeps the rotation orthonormal to ~1e-15 per step.
+            poses.append(self.pose @ step)
         previous = self.pose[:3, 3].copy()
-        # Float64 composition keeps the rotation orthonormal to ~1e-15 per step.
-        self.pose = self.pose @ step
+        self.pose = poses[-1]
         self.speed = float(np.linalg.norm(self.pose[:3, 3] - previous)) / config.dt_s
-        return torch.as_tensor(self.pose, dtype=torch.float32)
+        return torch.as_tensor(np.stack(poses), dtype=torch.float32)
 
     def _ego(self) -> tuple[np.ndarray, float, float]:
         forward = self.pose[:3, 2]  # the optical axis in the world
