@@ -23,7 +23,7 @@ step and grow there unchecked by the decoder: on a Town01 loop the road was gone
 frames. Full re-encoding (1.0) blurs a little every step, so the default mixes in a part.
 The memory keeps the mixed latents too: keeping the generator's raw latents there (and mixing
 only the context) measured 0.28 dB lower revisit PSNR (``benchmarks/fidelity.py``, 2 seeds,
-same run: 11.71 against 11.99 dB).
+the same seeds: 11.71 against 12.00 dB).
 
 Chunk length 1 is the per-step mode the env uses. Everything is deterministic given the
 ``torch.Generator`` passed to ``render``. The memory is swappable: ``"latent"`` (the latent
