@@ -43,8 +43,9 @@ def make_vec_envs(cfg: DictConfig, n_envs: int, seed: int, vec_env: str | None =
     """``n_envs`` envs of ``cfg`` in a stable-baselines3 VecEnv with episode statistics (SB3's
     ``Monitor`` or ``VecMonitor``), env ``i`` seeded ``seed + i``. ``vec_env``: ``subproc`` (one
     process per env, rendering on one torch thread each), ``dummy`` (all in this process, one
-    at a time, on this process's torch threads) or ``batched`` (all in this process, every step rendered in one call:
-    :class:`BatchedVecEnv`); default ``cfg.vec_env``, and always ``dummy`` for a single env."""
+    at a time, on this process's torch threads) or ``batched`` (all in this process, every step
+    rendered in one call: :class:`BatchedVecEnv`); default ``cfg.vec_env``, and always
+    ``dummy`` for a single env."""
     kind = vec_env or cfg.vec_env
     if kind not in VEC_ENVS:
         raise ValueError(f"`vec_env` must be one of {', '.join(VEC_ENVS)}, got {kind!r}")
@@ -103,8 +104,9 @@ class BatchedVecEnv(VecEnv):
         infos = []
         for i, (_, _, terminated, truncated, info) in enumerate(results):
             if terminated or truncated:
-                self.reset_infos[i] = {key: value for key, value in info.items() if key not in ("final_obs", "final_info")}
-                info = {**info["final_info"], "terminal_observation": info["final_obs"]}
+                final_obs, final_info = info.pop("final_obs"), info.pop("final_info")
+                self.reset_infos[i] = info
+                info = {**final_info, "terminal_observation": final_obs}
             infos.append({**info, "TimeLimit.truncated": bool(truncated and not terminated)})
         observations = self.vector.batch_observations([result[0] for result in results])
         rewards = np.array([result[1] for result in results], dtype=np.float32)

@@ -142,7 +142,8 @@ def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
 
 
 def make_drive_vector(num_envs: int = 1, render_mode: str | None = None,
-                      autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **overrides: Any) -> MirageVectorEnv:
+                      autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+                      **overrides: Any) -> MirageVectorEnv:
     """``vector_entry_point`` of MirageDrive-v0."""
     from mirage_env.envs.drive import MirageDriveEnv
 
@@ -150,7 +151,8 @@ def make_drive_vector(num_envs: int = 1, render_mode: str | None = None,
 
 
 def make_world_vector(num_envs: int = 1, render_mode: str | None = None,
-                      autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **overrides: Any) -> MirageVectorEnv:
+                      autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+                      **overrides: Any) -> MirageVectorEnv:
     """``vector_entry_point`` of MirageWorld-v0."""
     from mirage_env.envs.world import MirageWorldEnv
 
