@@ -504,6 +504,7 @@ def test_batched_vector_env_same_step_autoreset_matches_gymnasiums_sync_vector_e
     reference = gym.vector.SyncVectorEnv([lambda: gym.make("MirageDrive-v0", **overrides, max_steps=4),
                                           lambda: gym.make("MirageDrive-v0", **overrides, max_steps=2)],
                                          autoreset_mode=same_step)
+    # The vector env's envs share one config: give each its own step limit.
     vector.unwrapped.envs[0].config = vector.unwrapped.envs[0].config.updated({"max_steps": 4})
     vector.unwrapped.envs[1].config = vector.unwrapped.envs[1].config.updated({"max_steps": 2})
     assert vector.metadata["autoreset_mode"] == same_step
