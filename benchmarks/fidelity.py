@@ -13,10 +13,14 @@ Reported per memory, over all frames and over the second lap (the revisits):
 - revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
   (within 0.5 m and 5 deg), generated vs generated;
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
-- milliseconds per generated frame.
+- milliseconds per generated frame;
+- how long a rollout tracks the truth: whole-frame PSNR by time since the start frame
+  (``psnr_by_horizon``, in windows of seconds), beside a trivial baseline that shows the start
+  frame again, and the same as a curve for the first route.
 
 Writes a table, ``benchmarks/results/fidelity.json``, a side-by-side video (ground truth |
-latent | pixel | none) ``docs/fidelity.mp4`` and a contact sheet ``docs/fidelity_contact_sheet.png``.
+latent | pixel | none) ``docs/fidelity.mp4``, a contact sheet ``docs/fidelity_contact_sheet.png``
+and the PSNR-over-time curve ``docs/fidelity_horizon.png``.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
                                   [--reencode 0.25] [--min-confidence 0.5] [--precision float32]
@@ -48,6 +52,7 @@ from world_model.tiny_backbone import PRECISIONS
 from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
 
 REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
+HORIZONS_S = (0, 2, 5, 15, 60, math.inf)  # [s] edges of the psnr_by_horizon windows
 TITLES = {"latent": "latent cache", "pixel": "pixel memory", "none": "no memory"}
 
 
@@ -79,7 +84,8 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
     route, lap_length = two_laps(road_map, seed, args.loop_min_m)
     size = args.size
     mount = CameraMount(width=size, height=size)
-    ego = drive_route(route, mount, max_steps=20_000).ego[:: args.stride]
+    drive = drive_route(route, mount, max_steps=20_000)
+    ego, seconds = drive.ego[:: args.stride], drive.timestamps[:: args.stride]
     travelled = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(ego[:, :2], axis=0), axis=1))])
     second_lap = travelled >= lap_length
     poses = mount.poses(ego)
@@ -89,7 +95,9 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
     layout = LayoutRasteriser(scene.ground)(poses, K, size, size, backbone.downsample)
     pairs = revisit_pairs(poses, second_lap)
 
+    start_again = psnr(truth_rgb[:1].expand_as(truth_rgb), truth_rgb).numpy()  # the trivial baseline
     results, videos = {}, {"ground truth": truth.rgb.numpy()}
+    curves = {"start frame again": start_again}
     for memory in args.memories:
         runs = []
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
@@ -100,12 +108,54 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
             runs.append(metrics)
             if draw == 0:
                 videos[memory] = frames
+        curves[memory] = np.mean([run.pop("frame_psnr") for run in runs], axis=0)
         results[memory] = {key: _mean([run[key] for run in runs]) for key in runs[0]}
         results[memory]["revisit_psnr_per_seed"] = [round(run["revisit_psnr"], 3) for run in runs]
     summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
-               "revisit_pairs": len(pairs), "memories": results}
+               "revisit_pairs": len(pairs), "memories": results,
+               "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()},
+               "psnr_curve": {"seconds": seconds, **curves}}
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
     return summary, side_by_side
+
+
+def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float | None]:
+    """Mean PSNR of the generated frames (not the start frame) in each window of HORIZONS_S."""
+    windows = {}
+    for low, high in zip(HORIZONS_S[:-1], HORIZONS_S[1:]):
+        chosen = (seconds > low) & (seconds <= high)
+        label = f"{low}-{high} s" if math.isfinite(high) else f"over {low} s"
+        windows[label] = round(float(frame_psnr[chosen].mean()), 3) if chosen.any() else None
+    return windows
+
+
+def plot_horizon(route: dict, path: str) -> None:
+    """PSNR against ground truth over time since the start frame, moving means over 1 s (fewer
+    frames at the ends)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = route["psnr_curve"]
+    seconds = curve["seconds"][1:]
+    window = max(1, int(round(1.0 / max(seconds[0], 1e-6))))
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    for name, values in curve.items():
+        if name == "seconds":
+            continue
+        kernel = np.ones(window)
+        smooth = np.convolve(values[1:], kernel, mode="same") / np.convolve(np.ones(len(seconds)), kernel, mode="same")
+        ax.plot(seconds, smooth, label=TITLES.get(name, name), linestyle="--" if name not in TITLES else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds since the start frame")
+    ax.set_ylabel("PSNR vs ground truth [dB]")
+    ax.set_title(f"{route['map']}: how long a rollout tracks the truth")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _mean(values: list) -> float | None:
@@ -146,6 +196,7 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
         "revisit_consistency_psnr": float(np.mean(consistency)) if consistency else None,
         "sharpness_ratio": float(sharpness[later].mean()),
         "ms_per_frame": ms_per_frame,
+        "frame_psnr": frame_psnr.numpy(),
     }
     return metrics, torch.cat(frames).numpy()
 
@@ -169,6 +220,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
     parser.add_argument("--video", default="docs/fidelity.mp4")
     parser.add_argument("--sheet", default="docs/fidelity_contact_sheet.png")
+    parser.add_argument("--horizon-plot", default="docs/fidelity_horizon.png")
     args = parser.parse_args()
 
     backbone = load_default_backbone(args.model, precision=args.precision)
@@ -182,6 +234,10 @@ def main() -> None:
         value = _mean([r["memories"][memory][key] for r in routes])
         return float("nan") if value is None else value
 
+    for route in routes:  # the per-frame curves go to the plot, not the JSON
+        curve = route.pop("psnr_curve")
+        if route is routes[0]:
+            plot_horizon({"map": route["map"], "psnr_curve": curve}, args.horizon_plot)
     keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
             "sharpness_ratio", "ms_per_frame")
     memories = args.memories
@@ -216,7 +272,7 @@ def main() -> None:
     sheet = contact_sheet(first_video[chosen], [f"frame {i}" for i in chosen], columns=1,
                           title=f"{routes[0]['map']}: ground truth | " + " | ".join(TITLES[m] for m in memories))
     sheet.save(args.sheet)
-    print(f"wrote {args.video} and {args.sheet}")
+    print(f"wrote {args.video}, {args.sheet} and {args.horizon_plot}")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,23 @@ def test_train_throughput_compares_the_ways_to_vectorise_and_records_the_machine
     for figures in report["results"].values():
         assert figures["collection_steps_per_second"] >= figures["overall_steps_per_second"] > 0
     assert report["machine"]["cores"] >= 1
+
+
+def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_path):
+    out, plot = tmp_path / "fidelity.json", tmp_path / "horizon.png"
+    command = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--maps", "town:1000001", "--size", "32",
+               "--seeds", "1", "--memories", "latent", "none", "--loop-min-m", "60", "--stride", "4",
+               "--out", str(out), "--video", str(tmp_path / "v.mp4"), "--sheet", str(tmp_path / "sheet.png"),
+               "--horizon-plot", str(plot)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    route = json.loads(out.read_text())["routes"][0]
+    assert "psnr_curve" not in route  # per-frame curves go to the plot only
+    horizon = route["psnr_by_horizon"]
+    assert list(horizon) == ["start frame again", "latent", "none"]
+    assert list(horizon["latent"]) == ["0-2 s", "2-5 s", "5-15 s", "15-60 s", "over 60 s"]
+    baseline = horizon["start frame again"]
+    # The start frame matches the truth less and less as the car drives away from it.
+    assert baseline["0-2 s"] > baseline["5-15 s"] + 2
+    assert all(10 < value < 40 for value in horizon["latent"].values() if value is not None)
+    assert plot.stat().st_size > 10_000
