@@ -144,7 +144,8 @@ def train_world_model(cfg: DictConfig) -> dict:
 
     def stage(section: DictConfig) -> StageConfig:
         generator_only = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
-                                                        "noise_augmentation_start", "noise_augmentation_max")
+                                                        "noise_augmentation_start", "noise_augmentation_max",
+                                                        "memory_dropout")
                           if key in section}
         return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
                            adversarial_weight=section.adversarial_weight,

@@ -172,6 +172,31 @@ def test_generator_trains_on_noised_inputs_and_saves_the_noise_unit(clips, tmp_p
     assert loaded.config.latent_std == generator.config.latent_std
 
 
+def test_memory_dropout_empties_the_memory_of_that_share_of_samples(clips):
+    autoencoder, _ = tiny_models()
+    encoded = encode_clips(autoencoder, clips)
+    # An untrained depth head is unsure of everything, and the cache drops unsure tokens: make it sure.
+    encoded["confidence"] = torch.ones_like(encoded["confidence"])
+
+    def covered(dropout: float) -> torch.Tensor:  # per sample: the share of the target grid the memory covers
+        conditioning, _, _ = generator_batch(clips, encoded, 64, autoencoder.downsample,
+                                             torch.Generator().manual_seed(3), memory_dropout=dropout)
+        return conditioning.memory.valid.float().mean(dim=(1, 2, 3))
+
+    assert (covered(0.0) > 0).all()  # the context frame is always in the memory
+    some = covered(0.5)
+    assert 16 <= int((some == 0).sum()) <= 48
+    assert (covered(1.0) == 0).all()  # every memory empty: still a batch, with nothing valid
+
+
+def test_generator_trains_with_memory_dropout(clips, tmp_path):
+    autoencoder, generator = tiny_models()
+    before = [p.detach().clone() for p in generator.parameters()]
+    config = StageConfig(steps=2, batch_size=2, memory_dropout=1.0, checkpoint_every=2, log_every=2)
+    train_generator(autoencoder, generator, clips, config, tmp_path)
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
+
+
 def test_pyramid_loss_sees_lost_detail_that_plain_l1_weighs_like_a_colour_shift(clips):
     images = clips["rgb"][0, :4].permute(0, 3, 1, 2).float() / 255
     blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)

@@ -73,6 +73,7 @@ class StageConfig:
     rollout_steps: int = 8  # [frames] longest rollout (targets per start)
     noise_augmentation_start: int | None = None  # [steps] generator only: noised inputs from here (None: never)
     noise_augmentation_max: float = 1.0  # highest noise level (in latent standard deviations), drawn uniformly
+    memory_dropout: float = 0.0  # generator only: share of samples whose memory is empty (context only)
 
 
 class PatchDiscriminator(nn.Module):
@@ -326,12 +327,15 @@ def latent_std(latents: torch.Tensor) -> float:
 
 
 def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int, generator: torch.Generator,
-                    window: int = 12, max_memory_frames: int = 5, latent_noise: float = 0.1):
+                    window: int = 12, max_memory_frames: int = 5, latent_noise: float = 0.1,
+                    memory_dropout: float = 0.0):
     """A training batch for the generator: ``(conditioning, target latents (B, C, h, w), target
     images (B, 3, H, W))``; see the module doc. Memory frames are written in time order into
     one cache per sample, with ground-truth depth for half the samples and the depth head's
     depth and confidence for the rest; memory and context latents get relative noise of up to
-    ``latent_noise`` (generated latents are never exact)."""
+    ``latent_noise`` (generated latents are never exact). A share ``memory_dropout`` of the
+    samples get an empty memory: the generator then has only the context frame, the camera
+    motion and the layout, as in a rollout once the memory holds nothing sure about the view."""
     count, length = clips["rgb"].shape[:2]
     latents_all = encoded["latents"]
     channels = latents_all.shape[2]
@@ -353,7 +357,10 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
         clip, t = rand(count), rand(length, 1)
         others = [f for f in range(max(0, t - window), min(length, t + window + 1)) if f not in (t, t - 1)]
         chosen = sorted(others[i] for i in torch.randperm(len(others), generator=generator)[:rand(max_memory_frames + 1)])
-        memories.append((clip, sorted(set(chosen + [t - 1])), rand(2) == 0))
+        frames = sorted(set(chosen + [t - 1]))
+        if memory_dropout and float(torch.rand(1, generator=generator)) < memory_dropout:
+            frames = []
+        memories.append((clip, frames, rand(2) == 0))
         targets.append(latents_all[clip, t].float())
         contexts.append(noisy(latents_all[clip, t - 1]))
         target_poses.append(clips["cam_to_world"][clip, t])
@@ -362,7 +369,7 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
         images.append(clips["rgb"][clip, t].permute(2, 0, 1).float() / 255)
     # Round r writes every sample's r-th memory frame in one batched call, so each sample's
     # cache still sees its frames in time order.
-    for round_ in range(max(len(frames) for _, frames, _ in memories)):
+    for round_ in range(max(len(frames) for _, frames, _ in memories)):  # no rounds if every memory is empty
         samples = [s for s, (_, frames, _) in enumerate(memories) if round_ < len(frames)]
         latents, depths, confidences = [], [], []
         for sample in samples:
@@ -520,7 +527,8 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
                 worlds = RolloutWorlds(clips, encoded, backbone, config.batch_size, sampler, longest)
             conditioning, target, _ = worlds.targets()
         else:
-            conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+            conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler,
+                                                      memory_dropout=config.memory_dropout)
         level = None
         if config.noise_augmentation_start is not None and stage.step >= config.noise_augmentation_start:
             level = torch.rand(target.shape[0], generator=sampler) * config.noise_augmentation_max
