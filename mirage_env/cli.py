@@ -231,6 +231,8 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     gen = cfg.generator
     schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start")
                 if gen.get(key) is not None]
+    if gen.get("memory_dropout"):
+        schedule.append(("generator.memory_dropout", gen.memory_dropout))
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
             ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
             *[(f"decoder.{key}", _listed(cfg.decoder[key])) for key in ("channels", "blocks")
