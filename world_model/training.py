@@ -16,7 +16,10 @@ Stages, each resumable from its last checkpoint:
     target's latents from that read, the previous frame's latents, the camera motion and the
     road layout, with an L1 loss plus a hinge adversarial loss from a discriminator on latent
     maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
-    sharp frames). From ``rollout_start`` on, a share of the batches come from the model's own
+    sharp frames). A share ``memory_dropout`` of the samples get an empty memory instead: in a
+    rollout the depth head is unsure of generated frames, so the cache soon holds nothing sure
+    about the view and the generator works from the context frame alone, which it must learn
+    too. From ``rollout_start`` on, a share of the batches come from the model's own
     rollouts instead (:class:`RolloutWorlds`): memory and context are then its own generated
     frames, as in the env, so it learns to correct its drift instead of compounding it. From
     ``noise_augmentation_start`` on, memory and context latents get Gaussian noise of a random
