@@ -78,7 +78,9 @@ def revisit_pairs(poses: torch.Tensor, second_lap: np.ndarray) -> list[tuple[int
     return pairs
 
 
-def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
+def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
+    """The route's summary, its side-by-side video (first seed) and its PSNR curves per frame
+    (``seconds`` and one per memory, means over seeds, plus the start frame shown again)."""
     road_map = load_road_map(spec)
     scene = dress_scene(road_map, seed)
     route, lap_length = two_laps(road_map, seed, args.loop_min_m)
@@ -99,24 +101,24 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray]:
     results, videos = {}, {"ground truth": truth.rgb.numpy()}
     curves = {"start frame again": start_again}
     for memory in args.memories:
-        runs = []
+        runs, seed_curves = [], []
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
             config = WorldModelConfig(memory=memory, reencode=args.reencode,
                                       cache=LatentCacheConfig(min_confidence=args.min_confidence))
-            metrics, frames = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K, layout,
+            metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K, layout,
                                        second_lap, pairs, road_map.name, size)
             runs.append(metrics)
+            seed_curves.append(frame_psnr)
             if draw == 0:
                 videos[memory] = frames
-        curves[memory] = np.mean([run.pop("frame_psnr") for run in runs], axis=0)
+        curves[memory] = np.mean(seed_curves, axis=0)
         results[memory] = {key: _mean([run[key] for run in runs]) for key in runs[0]}
         results[memory]["revisit_psnr_per_seed"] = [round(run["revisit_psnr"], 3) for run in runs]
     summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
                "revisit_pairs": len(pairs), "memories": results,
-               "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()},
-               "psnr_curve": {"seconds": seconds, **curves}}
+               "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()}}
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
-    return summary, side_by_side
+    return summary, side_by_side, {"seconds": seconds, **curves}
 
 
 def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float | None]:
@@ -129,28 +131,27 @@ def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float |
     return windows
 
 
-def plot_horizon(route: dict, path: str) -> None:
-    """PSNR against ground truth over time since the start frame, moving means over 1 s (fewer
-    frames at the ends)."""
+def plot_horizon(map_name: str, curves: dict[str, np.ndarray], path: str) -> None:
+    """PSNR against ground truth over time since the start frame (``curves`` of
+    :func:`run_route`), moving means over 1 s (fewer frames at the ends)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = route["psnr_curve"]
-    seconds = curve["seconds"][1:]
-    window = max(1, int(round(1.0 / max(seconds[0], 1e-6))))
+    seconds = curves["seconds"][1:]  # frame 0 is the given start frame
+    kernel = np.ones(max(1, int(round(1.0 / max(seconds[0], 1e-6)))))
+    frames_averaged = np.convolve(np.ones(len(seconds)), kernel, mode="same")
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    for name, values in curve.items():
+    for name, values in curves.items():
         if name == "seconds":
             continue
-        kernel = np.ones(window)
-        smooth = np.convolve(values[1:], kernel, mode="same") / np.convolve(np.ones(len(seconds)), kernel, mode="same")
+        smooth = np.convolve(values[1:], kernel, mode="same") / frames_averaged
         ax.plot(seconds, smooth, label=TITLES.get(name, name), linestyle="--" if name not in TITLES else "-")
     ax.set_xscale("log")
     ax.set_xlabel("seconds since the start frame")
     ax.set_ylabel("PSNR vs ground truth [dB]")
-    ax.set_title(f"{route['map']}: how long a rollout tracks the truth")
+    ax.set_title(f"{map_name}: how long a rollout tracks the truth")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -164,8 +165,9 @@ def _mean(values: list) -> float | None:
 
 
 def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, poses, K, layout, second_lap, pairs,
-             name: str, size: int) -> tuple[dict, np.ndarray]:
-    """One drive of the world model configured by ``config`` with noise seed ``seed``: its metrics and frames."""
+             name: str, size: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One drive of the world model configured by ``config`` with noise seed ``seed``: its metrics,
+    frames and PSNR per frame."""
     model = WorldModel(backbone, config=config)
     model.reset(truth.rgb[:1], K[:1], poses[:1], depth=truth.depth[:1])
     generator = torch.Generator().manual_seed(seed)
@@ -196,9 +198,8 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
         "revisit_consistency_psnr": float(np.mean(consistency)) if consistency else None,
         "sharpness_ratio": float(sharpness[later].mean()),
         "ms_per_frame": ms_per_frame,
-        "frame_psnr": frame_psnr.numpy(),
     }
-    return metrics, torch.cat(frames).numpy()
+    return metrics, torch.cat(frames).numpy(), frame_psnr.numpy()
 
 
 def main() -> None:
@@ -224,20 +225,17 @@ def main() -> None:
     args = parser.parse_args()
 
     backbone = load_default_backbone(args.model, precision=args.precision)
-    routes, first_video = [], None
+    routes, first_video, first_curves = [], None, None
     for index, spec in enumerate(args.maps):
-        summary, video = run_route(backbone, spec, seed=index, args=args)
+        summary, video, curves = run_route(backbone, spec, seed=index, args=args)
         routes.append(summary)
-        first_video = video if first_video is None else first_video
+        if first_video is None:  # the video, contact sheet and curve show the first route
+            first_video, first_curves = video, curves
 
     def mean(memory: str, key: str) -> float:
         value = _mean([r["memories"][memory][key] for r in routes])
         return float("nan") if value is None else value
 
-    for route in routes:  # the per-frame curves go to the plot, not the JSON
-        curve = route.pop("psnr_curve")
-        if route is routes[0]:
-            plot_horizon({"map": route["map"], "psnr_curve": curve}, args.horizon_plot)
     keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
             "sharpness_ratio", "ms_per_frame")
     memories = args.memories
@@ -272,6 +270,7 @@ def main() -> None:
     sheet = contact_sheet(first_video[chosen], [f"frame {i}" for i in chosen], columns=1,
                           title=f"{routes[0]['map']}: ground truth | " + " | ".join(TITLES[m] for m in memories))
     sheet.save(args.sheet)
+    plot_horizon(routes[0]["map"], first_curves, args.horizon_plot)
     print(f"wrote {args.video}, {args.sheet} and {args.horizon_plot}")
 
 
