@@ -9,7 +9,15 @@ elsewhere), so each memory drives every route with ``--seeds`` noise seeds and t
 means over them; the per-seed revisit PSNR is in the JSON.
 Reported per memory, over all frames and over the second lap (the revisits):
 
-- PSNR / SSIM against ground truth on the whole frame and on the pixels the memory covered;
+- PSNR / SSIM against ground truth on the whole frame, on the pixels the memory covered, and
+  on the pixels seen in the start frame (``seen``: their surface, by ground-truth geometry, was
+  in view and not occluded there), in frames where those are at least 2 % of the image. The
+  start frame is the only thing the world model is shown, so ``seen`` pixels are where a memory
+  can match the truth; ``covered`` also counts what the model generated and stored itself.
+  Beside them, a ceiling per route: the true frame with its seen pixels replaced by the start
+  frame warped there with ground-truth depth, through the backbone's autoencoder (a perfect
+  memory seen through this autoencoder);
+- revisit PSNR on the second lap, whole frame and seen pixels;
 - revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
   (within 0.5 m and 5 deg), generated vs generated;
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
@@ -45,6 +53,7 @@ from mirage_env.road_map import Route, load_road_map
 from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from mirage_env.visualize import contact_sheet, write_video
+from world_model.camera import project_points, unproject_depth
 from world_model.metrics import laplacian_variance, psnr, ssim
 from world_model.latent_cache import LatentCacheConfig
 from world_model.pretrained import load_default_backbone
@@ -52,6 +61,8 @@ from world_model.tiny_backbone import PRECISIONS
 from world_model.world_model import MEMORIES, WorldModel, WorldModelConfig
 
 REVISIT_MAX_M, REVISIT_MAX_DEG = 0.5, 5.0
+SEEN_MIN_SHARE = 0.02  # frames with fewer seen pixels are left out of the seen metrics
+SEEN_DEPTH_TOLERANCE = 0.03  # relative depth difference within which a start-frame pixel is the same surface
 HORIZONS_S = (0, 2, 5, 15, 60, math.inf)  # [s] edges of the psnr_by_horizon windows
 TITLES = {"latent": "latent cache", "pixel": "pixel memory", "none": "no memory"}
 
@@ -78,6 +89,37 @@ def revisit_pairs(poses: torch.Tensor, second_lap: np.ndarray) -> list[tuple[int
     return pairs
 
 
+def seen_in_start_frame(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor,
+                        max_range_m: float) -> torch.Tensor:
+    """(N, 1, H, W) bool: pixels of frame i whose surface (``depth`` (N, 1, H, W) of each frame,
+    0 = sky) was visible in frame 0: it projects inside frame 0, within ``max_range_m`` of it, at
+    the depth frame 0 has there (within SEEN_DEPTH_TOLERANCE plus 5 cm; else it was occluded)."""
+    count, _, height, width = depth.shape
+    points = unproject_depth(depth, K, poses).view(count, -1, 3)
+    uv, z = project_points(points, K[:1].expand(count, 3, 3), poses[:1].expand(count, 4, 4))
+    u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height) & (z > 0)
+    start_depth = depth[0, 0][v.clamp(0, height - 1), u.clamp(0, width - 1)]
+    same_surface = (z - start_depth).abs() <= SEEN_DEPTH_TOLERANCE * z + 0.05
+    seen = inside & same_surface & (start_depth > 0) & (start_depth <= max_range_m) & (depth.view(count, -1) > 0)
+    return seen.view(count, 1, height, width)
+
+
+def seen_ceiling(backbone, truth_rgb: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor,
+                 seen: torch.Tensor) -> torch.Tensor:
+    """The true frames with their ``seen`` pixels replaced by the start frame warped there with
+    ground-truth ``depth``, encoded and decoded by ``backbone``: the best a memory of the start
+    frame could show through this autoencoder."""
+    count, _, height, width = truth_rgb.shape
+    uv, _ = project_points(unproject_depth(depth, K, poses).view(count, -1, 3), K[:1].expand(count, 3, 3),
+                           poses[:1].expand(count, 4, 4))
+    grid = torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], dim=-1).view(count, height, width, 2)
+    warped = torch.where(seen, F.grid_sample(truth_rgb[:1].expand(count, -1, -1, -1), grid, align_corners=False),
+                         truth_rgb)
+    decoded = [backbone.decode(backbone.encode(part)).clamp(0, 1) for part in warped.split(64)]
+    return torch.cat(decoded)
+
+
 def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
     """The route's summary, its side-by-side video (first seed) and its PSNR curves per frame
     (``seconds`` and one per memory, means over seeds, plus the start frame shown again)."""
@@ -96,6 +138,11 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     truth_rgb = truth.rgb.permute(0, 3, 1, 2).float() / 255
     layout = LayoutRasteriser(scene.ground)(poses, K, size, size, backbone.downsample)
     pairs = revisit_pairs(poses, second_lap)
+    seen = seen_in_start_frame(truth.depth, K, poses, LatentCacheConfig.max_range_m)
+    ceiling = seen_ceiling(backbone, truth_rgb, truth.depth, K, poses, seen)
+    with_seen = seen.flatten(1).float().mean(1) >= SEEN_MIN_SHARE
+    with_seen[0] = False  # the start frame itself is given, not generated
+    lap2 = torch.as_tensor(second_lap)
 
     start_again = psnr(truth_rgb[:1].expand_as(truth_rgb), truth_rgb).numpy()  # the trivial baseline
     results, videos = {}, {"ground truth": truth.rgb.numpy()}
@@ -105,8 +152,8 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
             config = WorldModelConfig(memory=memory, reencode=args.reencode,
                                       cache=LatentCacheConfig(min_confidence=args.min_confidence))
-            metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K, layout,
-                                       second_lap, pairs, road_map.name, size)
+            metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K,
+                                                   layout, second_lap, pairs, seen, with_seen, road_map.name, size)
             runs.append(metrics)
             seed_curves.append(frame_psnr)
             if draw == 0:
@@ -115,7 +162,12 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
         results[memory] = {key: _mean([run[key] for run in runs]) for key in runs[0]}
         results[memory]["revisit_psnr_per_seed"] = [round(run["revisit_psnr"], 3) for run in runs]
     summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
-               "revisit_pairs": len(pairs), "memories": results,
+               "revisit_pairs": len(pairs), "frames_with_seen": int(with_seen.sum()),
+               "second_lap_frames_with_seen": int((with_seen & lap2).sum()),
+               "seen_share": _masked_mean(seen.flatten(1).float().mean(1), with_seen),
+               "seen_ceiling": {"psnr_seen": _masked_mean(psnr(ceiling, truth_rgb, seen), with_seen),
+                                "ssim_seen": _masked_mean(ssim(ceiling, truth_rgb, seen), with_seen)},
+               "memories": results,
                "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()}}
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
     return summary, side_by_side, {"seconds": seconds, **curves}
@@ -159,13 +211,17 @@ def plot_horizon(map_name: str, curves: dict[str, np.ndarray], path: str) -> Non
     plt.close(fig)
 
 
+def _masked_mean(values: torch.Tensor, chosen: torch.Tensor) -> float | None:
+    return float(values[chosen].mean()) if chosen.any() else None
+
+
 def _mean(values: list) -> float | None:
     values = [value for value in values if value is not None and not math.isnan(value)]
     return float(np.mean(values)) if values else None
 
 
 def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, poses, K, layout, second_lap, pairs,
-             name: str, size: int) -> tuple[dict, np.ndarray, np.ndarray]:
+             seen, with_seen, name: str, size: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """One drive of the world model configured by ``config`` with noise seed ``seed``: its metrics,
     frames and PSNR per frame."""
     model = WorldModel(backbone, config=config)
@@ -185,6 +241,7 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
     lap2 = torch.as_tensor(second_lap)
     frame_psnr, frame_ssim = psnr(rgb, truth_rgb), ssim(rgb, truth_rgb)
     covered_psnr, covered_ssim = psnr(rgb, truth_rgb, covered), ssim(rgb, truth_rgb, covered)
+    seen_psnr, seen_ssim = psnr(rgb, truth_rgb, seen), ssim(rgb, truth_rgb, seen)
     sharpness = laplacian_variance(rgb) / laplacian_variance(truth_rgb).clamp(min=1e-8)
     consistency = [float(psnr(rgb[a : a + 1], rgb[b : b + 1])) for a, b in pairs]
     metrics = {
@@ -193,8 +250,11 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
         "psnr_covered": float(covered_psnr[later].nanmean()),
         "ssim_covered": float(covered_ssim[later].nanmean()),
         "coverage": float(covered[later].float().mean()),
+        "psnr_seen": _masked_mean(seen_psnr, with_seen),
+        "ssim_seen": _masked_mean(seen_ssim, with_seen),
         "revisit_psnr": float(frame_psnr[lap2].mean()),
         "revisit_ssim": float(frame_ssim[lap2].mean()),
+        "revisit_psnr_seen": _masked_mean(seen_psnr, with_seen & lap2),
         "revisit_consistency_psnr": float(np.mean(consistency)) if consistency else None,
         "sharpness_ratio": float(sharpness[later].mean()),
         "ms_per_frame": ms_per_frame,
@@ -236,15 +296,18 @@ def main() -> None:
         value = _mean([r["memories"][memory][key] for r in routes])
         return float("nan") if value is None else value
 
-    keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "revisit_psnr", "revisit_consistency_psnr",
-            "sharpness_ratio", "ms_per_frame")
+    keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "psnr_seen", "ssim_seen", "revisit_psnr",
+            "revisit_psnr_seen", "revisit_consistency_psnr", "sharpness_ratio", "ms_per_frame")
     memories = args.memories
     overall = {memory: {key: round(mean(memory, key), 3) for key in keys} for memory in memories}
 
-    def gain(other: str) -> float | None:
+    def gain(other: str, key: str = "revisit_psnr") -> float | None:
         if "latent" not in overall or other not in overall:
             return None
-        return round(overall["latent"]["revisit_psnr"] - overall[other]["revisit_psnr"], 2)
+        return round(overall["latent"][key] - overall[other][key], 2)
+
+    ceiling = {key: round(_mean([r["seen_ceiling"][key] for r in routes]) or float("nan"), 3)
+               for key in ("psnr_seen", "ssim_seen")}
 
     report = {
         "benchmark": "fidelity",
@@ -258,12 +321,18 @@ def main() -> None:
         "mean": overall,
         "revisit_psnr_gain_over_none_db": gain("none"),
         "revisit_psnr_latent_minus_pixel_db": gain("pixel"),
+        "revisit_psnr_seen_gain_over_none_db": gain("none", "revisit_psnr_seen"),
+        "revisit_psnr_seen_latent_minus_pixel_db": gain("pixel", "revisit_psnr_seen"),
+        "seen_ceiling": ceiling,
     }
     print(f"\n{'':28}" + "".join(f"{m:>12}" for m in memories))
     for key in keys:
         print(f"{key:28}" + "".join(f"{overall[m][key]:>12.3f}" for m in memories))
     print(f"revisit PSNR gain over no memory: {report['revisit_psnr_gain_over_none_db']} dB; "
           f"latent - pixel: {report['revisit_psnr_latent_minus_pixel_db']} dB")
+    print(f"on pixels seen in the start frame: gain over no memory {report['revisit_psnr_seen_gain_over_none_db']} dB, "
+          f"latent - pixel {report['revisit_psnr_seen_latent_minus_pixel_db']} dB; ceiling (start frame warped "
+          f"with true depth, through the autoencoder): {ceiling['psnr_seen']} dB, SSIM {ceiling['ssim_seen']}")
     write_report(report, args.out)
     write_video(args.video, first_video, fps=10.0 / args.stride, quality=5)  # 720 frames: 2 MB, not 10
     chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)

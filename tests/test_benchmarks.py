@@ -54,4 +54,36 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     # The start frame matches the truth less and less as the car drives away from it.
     assert baseline["0-2 s"] > baseline["5-15 s"] + 2
     assert all(10 < value < 40 for value in horizon["latent"].values() if value is not None)
+    # The loop passes the start again, so the second lap sees what the start frame saw; a memory
+    # of it through this autoencoder cannot beat the start frame warped with the true depth.
+    assert route["frames_with_seen"] > route["second_lap_frames_with_seen"] > 0
+    memories = route["memories"]
+    assert route["seen_ceiling"]["psnr_seen"] > max(memories["latent"]["psnr_seen"], memories["none"]["psnr_seen"])
     assert plot.stat().st_size > 10_000
+
+
+def test_seen_pixels_are_the_start_frames_unoccluded_surfaces(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+
+    from fidelity import seen_in_start_frame
+    from world_model.camera import camera_pose, intrinsics_from_fov
+
+    size = 16
+    K = intrinsics_from_fov(90.0, size, size).expand(4, 3, 3)
+    zero = torch.zeros(4)
+    # A wall 10 m ahead along +x; frame 0 also has a box 5 m ahead in the middle of the view.
+    poses = camera_pose(torch.tensor([[0.0, 0, 1], [0, 0, 1], [0, 20, 1], [0, 0, 1]]),
+                        torch.tensor([0.0, 0, 0, 180]).deg2rad(), zero)
+    depth = torch.full((4, 1, size, size), 10.0)
+    depth[0, :, 6:10, 6:10] = 5.0  # the box, gone in frame 1 (it drove off)
+    depth[2] = 10.0  # 20 m to the side: its wall is outside frame 0's view
+    depth[3] = 0.0  # turned around, facing sky
+    seen = seen_in_start_frame(depth, K, poses, max_range_m=100.0)
+    assert seen[0].all()
+    # Frame 1 sees the wall where frame 0 saw it, but not the part the box hid from frame 0.
+    assert not seen[1, :, 6:10, 6:10].any()
+    assert seen[1].sum() == size * size - 16
+    assert not seen[2].any() and not seen[3].any()
+    # Beyond max_range the start frame's surfaces were never stored: not seen.
+    assert not seen_in_start_frame(depth, K, poses, max_range_m=8.0)[1].any()
