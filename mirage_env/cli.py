@@ -139,13 +139,14 @@ def train_world_model(cfg: DictConfig) -> dict:
                              layout_downsample=2 ** len(cfg.autoencoder.encoder_channels))
     train_seeds = range(data.towns)
     validation_seeds = range(900_000, 900_000 + data.validation_towns)
+    history = _command_history(out_dir, "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg)))
     clips = load_shards(generate_shards(data.dir, train_seeds, clip_config))
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 
     def stage(section: DictConfig) -> StageConfig:
         generator_only = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
                                                         "noise_augmentation_start", "noise_augmentation_max",
-                                                        "memory_dropout")
+                                                        "memory_dropout", "memory_window", "previous_frame_dropout")
                           if key in section}
         return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
                            adversarial_weight=section.adversarial_weight,
@@ -188,10 +189,24 @@ def train_world_model(cfg: DictConfig) -> dict:
     }
     from world_model.pretrained import DEFAULT_MODEL_DIR
 
-    return _card_and_ship(model_dir, _model_card(summary, cfg), summary, DEFAULT_MODEL_DIR if cfg.ship else None)
+    return _card_and_ship(model_dir, _model_card(summary, cfg, history), summary,
+                          DEFAULT_MODEL_DIR if cfg.ship else None)
 
 
-def _model_card(summary: dict, cfg: DictConfig) -> str:
+def _command_history(out_dir: Path, command: str) -> list[str]:
+    """The training commands run in ``out_dir``, oldest first, ``command`` (this run's) added
+    unless it repeats the last. Stages resume from their checkpoints, so a model whose training
+    was continued with other settings is reproduced by running these in order."""
+    path = out_dir / "commands.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    if history[-1:] != [command]:
+        history.append(command)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(history, indent=1) + "\n")
+    return history
+
+
+def _model_card(summary: dict, cfg: DictConfig, history: list[str]) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items() if key != "model")
     distilled = cfg.decoder.get("channels") is not None
     tuned = ("the smaller decoder distilled from the autoencoder's, the one shipped" if distilled
@@ -202,6 +217,8 @@ def _model_card(summary: dict, cfg: DictConfig) -> str:
     if "generator_student_steps" in summary:
         decoder += ("; `generator_student_val_*` measure the generator distilled into a smaller UNet, the one "
                     "shipped (`generator_val_*` are its teacher's)")
+    reproduce = "; run these in order, each continues what the one before trained" if len(history) > 1 else ""
+    commands = "\n".join(f"    {command}" for command in history)
     return f"""# Mirage Env default world model (TinyBackbone)
 
 A small autoencoder with a co-trained depth head and a one-step UNet2DModel generator
@@ -216,9 +233,9 @@ time on a 2-core CPU (shared with other work), pauses excluded.
 |---|---|
 {rows}
 
-Reproduce (resumes from checkpoints in `out_dir`):
+Reproduce (resumes from checkpoints in `out_dir`{reproduce}):
 
-    mirage train-world-model {" ".join(f"{k}={v}" for k, v in _overrides(cfg))}
+{commands}
 
 Config:
 
@@ -231,8 +248,9 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     gen = cfg.generator
     schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start")
                 if gen.get(key) is not None]
-    if gen.get("memory_dropout"):
-        schedule.append(("generator.memory_dropout", gen.memory_dropout))
+    for key, default in (("memory_dropout", 0.0), ("memory_window", 12), ("previous_frame_dropout", 0.0)):
+        if gen.get(key, default) != default:
+            schedule.append((f"generator.{key}", gen[key]))
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
             ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
             *[(f"decoder.{key}", _listed(cfg.decoder[key])) for key in ("channels", "blocks")

@@ -189,6 +189,23 @@ def test_memory_dropout_empties_the_memory_of_that_share_of_samples(clips):
     assert (covered(1.0) == 0).all()  # every memory empty: still a batch, with nothing valid
 
 
+def test_previous_frame_dropout_leaves_only_frames_further_away_in_memory(clips):
+    autoencoder, _ = tiny_models()
+    encoded = encode_clips(autoencoder, clips)
+    encoded["confidence"] = torch.ones_like(encoded["confidence"])  # an untrained depth head is unsure
+
+    def covered(window: int, dropout: float) -> torch.Tensor:  # per sample: the share the memory covers
+        conditioning, _, _ = generator_batch(clips, encoded, 64, autoencoder.downsample,
+                                             torch.Generator().manual_seed(5), window=window,
+                                             previous_frame_dropout=dropout)
+        return conditioning.memory.valid.float().mean(dim=(1, 2, 3))
+
+    assert (covered(0, 0.0) > 0).all()  # a window of 0 frames: the previous frame alone
+    assert (covered(0, 1.0) == 0).all()  # ... and without it nothing is left
+    wide = covered(5, 1.0)  # frames further away in the clip: drawn for some samples, none for others
+    assert (wide > 0).any() and (wide == 0).any()
+
+
 def test_generator_trains_with_memory_dropout(clips, tmp_path):
     autoencoder, generator = tiny_models()
     before = [p.detach().clone() for p in generator.parameters()]
@@ -308,3 +325,10 @@ def test_train_world_model_command_smoke(tmp_path):
     assert "decoder.channels=[16,8]" in card and "generator_student.block_out_channels=[16,32,48]" in card
     saved = json.loads((tmp_path / "run" / "model" / "generator" / "config.json").read_text())
     assert saved["block_out_channels"] == [16, 32, 48]  # the distilled generator is the one saved
+    # Continued with other settings, the card lists both commands, in order, to reproduce it.
+    more = [*command[:-1], "generator.steps=6", "generator.memory_window=2", "checkpoint_every=2"]
+    done = subprocess.run(more, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+    first, second = card.index("generator.steps=4 "), card.index("generator.steps=6 ")
+    assert first < second < card.index("generator.memory_window=2") and "run these in order" in card

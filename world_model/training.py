@@ -77,6 +77,8 @@ class StageConfig:
     noise_augmentation_start: int | None = None  # [steps] generator only: noised inputs from here (None: never)
     noise_augmentation_max: float = 1.0  # highest noise level (in latent standard deviations), drawn uniformly
     memory_dropout: float = 0.0  # generator only: share of samples whose memory is empty (context only)
+    memory_window: int = 12  # [frames] generator only: memory frames are drawn this far around the target
+    previous_frame_dropout: float = 0.0  # generator only: share of samples whose memory leaves out the previous frame
 
 
 class PatchDiscriminator(nn.Module):
@@ -331,7 +333,7 @@ def latent_std(latents: torch.Tensor) -> float:
 
 def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int, generator: torch.Generator,
                     window: int = 12, max_memory_frames: int = 5, latent_noise: float = 0.1,
-                    memory_dropout: float = 0.0):
+                    memory_dropout: float = 0.0, previous_frame_dropout: float = 0.0):
     """A training batch for the generator: ``(conditioning, target latents (B, C, h, w), target
     images (B, 3, H, W))``; see the module doc. Memory frames are written in time order into
     one cache per sample, with ground-truth depth for half the samples and the depth head's
@@ -361,6 +363,8 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
         others = [f for f in range(max(0, t - window), min(length, t + window + 1)) if f not in (t, t - 1)]
         chosen = sorted(others[i] for i in torch.randperm(len(others), generator=generator)[:rand(max_memory_frames + 1)])
         frames = sorted(set(chosen + [t - 1]))
+        if previous_frame_dropout and float(torch.rand(1, generator=generator)) < previous_frame_dropout:
+            frames = chosen  # sorted; nothing but frames further away, maybe none
         if memory_dropout and float(torch.rand(1, generator=generator)) < memory_dropout:
             frames = []
         memories.append((clip, frames, rand(2) == 0))
@@ -531,7 +535,9 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
             conditioning, target, _ = worlds.targets()
         else:
             conditioning, target, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler,
-                                                      memory_dropout=config.memory_dropout)
+                                                      window=config.memory_window,
+                                                      memory_dropout=config.memory_dropout,
+                                                      previous_frame_dropout=config.previous_frame_dropout)
         level = None
         if config.noise_augmentation_start is not None and stage.step >= config.noise_augmentation_start:
             level = torch.rand(target.shape[0], generator=sampler) * config.noise_augmentation_max
