@@ -139,7 +139,8 @@ def train_world_model(cfg: DictConfig) -> dict:
                              layout_downsample=2 ** len(cfg.autoencoder.encoder_channels))
     train_seeds = range(data.towns)
     validation_seeds = range(900_000, 900_000 + data.validation_towns)
-    history = _command_history(out_dir, "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg)))
+    command = "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg))
+    history = _command_history(out_dir, command)
     clips = load_shards(generate_shards(data.dir, train_seeds, clip_config))
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 

@@ -58,7 +58,9 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     # of it through this autoencoder cannot beat the start frame warped with the true depth.
     assert route["frames_with_seen"] > route["second_lap_frames_with_seen"] > 0
     memories = route["memories"]
-    assert route["seen_ceiling"]["psnr_seen"] > max(memories["latent"]["psnr_seen"], memories["none"]["psnr_seen"])
+    ceiling = route["seen_ceiling"]
+    assert ceiling["psnr_seen"] > max(memories["latent"]["psnr_seen"], memories["none"]["psnr_seen"])
+    assert ceiling["warped_psnr_seen"] > ceiling["psnr_seen"]  # the autoencoder loses detail
     assert plot.stat().st_size > 10_000
 
 

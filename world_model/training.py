@@ -10,21 +10,22 @@ Stages, each resumable from its last checkpoint:
     log-likelihood of log depth (which also teaches the head its own expected error, the
     confidence the cache filters on) plus a sky classification.
 ``train_generator``
-    For a target frame of a clip, memory frames drawn around it (the previous frame always
-    among them, as in the env) are written into a latent cache with the depth head's depth and
-    confidence, as at run time, and read at the target pose. The generator predicts the
-    target's latents from that read, the previous frame's latents, the camera motion and the
-    road layout, with an L1 loss plus a hinge adversarial loss from a discriminator on latent
-    maps (the autoencoder's decoder was trained adversarially to turn real-looking latents into
-    sharp frames). A share ``memory_dropout`` of the samples get an empty memory instead: in a
-    rollout the depth head is unsure of generated frames, so the cache soon holds nothing sure
-    about the view and the generator works from the context frame alone, which it must learn
-    too. From ``rollout_start`` on, a share of the batches come from the model's own
-    rollouts instead (:class:`RolloutWorlds`): memory and context are then its own generated
-    frames, as in the env, so it learns to correct its drift instead of compounding it. From
-    ``noise_augmentation_start`` on, memory and context latents get Gaussian noise of a random
-    level, which the generator is told (:func:`world_model.tiny_backbone.noised`), so that it
-    learns to see through corrupted inputs rather than copy them.
+    For a target frame of a clip, memory frames drawn around it (the previous frame among them,
+    as in the env, unless ``previous_frame_dropout`` leaves it out) are written into a latent
+    cache with the depth head's depth and confidence, as at run time, and read at the target
+    pose. The generator predicts the target's latents from that read, the previous frame's
+    latents, the camera motion and the road layout, with an L1 loss plus a hinge adversarial
+    loss from a discriminator on latent maps (the autoencoder's decoder was trained
+    adversarially to turn real-looking latents into sharp frames). A share ``memory_dropout`` of
+    the samples get an empty memory instead: in a rollout the depth head is unsure of generated
+    frames, so the cache soon holds nothing sure about the view and the generator works from the
+    context frame alone, which it must learn too. From ``rollout_start`` on, a share of the
+    batches come from the model's own rollouts instead (:class:`RolloutWorlds`): memory and
+    context are then its own generated frames, as in the env, so it learns to correct its drift
+    instead of compounding it. From ``noise_augmentation_start`` on, memory and context latents
+    get Gaussian noise of a random level, which the generator is told
+    (:func:`world_model.tiny_backbone.noised`), so that it learns to see through corrupted
+    inputs rather than copy them.
 ``train_decoder`` (optional)
     Fine-tunes the decoder alone on the generator's latents against the true frames, or
     distils it into a smaller student decoder (decoding is a per-step cost), each with an
@@ -340,7 +341,10 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
     depth and confidence for the rest; memory and context latents get relative noise of up to
     ``latent_noise`` (generated latents are never exact). A share ``memory_dropout`` of the
     samples get an empty memory: the generator then has only the context frame, the camera
-    motion and the layout, as in a rollout once the memory holds nothing sure about the view."""
+    motion and the layout, as in a rollout once the memory holds nothing sure about the view.
+    Other memory frames are drawn within ``window`` frames of the target; a share
+    ``previous_frame_dropout`` of the memories leave the previous frame out (only frames
+    further away, or none)."""
     count, length = clips["rgb"].shape[:2]
     latents_all = encoded["latents"]
     channels = latents_all.shape[2]
