@@ -89,13 +89,20 @@ def revisit_pairs(poses: torch.Tensor, second_lap: np.ndarray) -> list[tuple[int
     return pairs
 
 
-def seen_in_start_frame(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor,
-                        max_range_m: float) -> torch.Tensor:
+def start_frame_projection(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where every pixel's surface (``depth`` (N, 1, H, W) of frames at ``poses``) lands in frame
+    0: ``uv`` (N, H*W, 2) and its depth there (N, H*W)."""
+    count = depth.shape[0]
+    points = unproject_depth(depth, K, poses).view(count, -1, 3)
+    return project_points(points, K[:1].expand(count, 3, 3), poses[:1].expand(count, 4, 4))
+
+
+def seen_in_start_frame(depth: torch.Tensor, uv: torch.Tensor, z: torch.Tensor, max_range_m: float) -> torch.Tensor:
     """(N, 1, H, W) bool: pixels of frame i whose surface (``depth`` (N, 1, H, W) of each frame,
-    0 = sky) was visible in frame 0: it projects inside frame 0, within ``max_range_m`` of it, at
-    the depth frame 0 has there (within SEEN_DEPTH_TOLERANCE plus 5 cm; else it was occluded)."""
+    0 = sky; ``uv``, ``z`` from :func:`start_frame_projection`) was visible in frame 0: it
+    projects inside frame 0, within ``max_range_m`` of it, at the depth frame 0 has there (within
+    SEEN_DEPTH_TOLERANCE plus 5 cm; else it was occluded)."""
     count, _, height, width = depth.shape
-    uv, z = _in_start_frame(depth, K, poses)
     u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height) & (z > 0)
     start_depth = depth[0, 0][v.clamp(0, height - 1), u.clamp(0, width - 1)]
@@ -104,21 +111,12 @@ def seen_in_start_frame(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tenso
     return seen.view(count, 1, height, width)
 
 
-def _in_start_frame(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where every pixel's surface (``depth`` (N, 1, H, W)) lands in frame 0: ``uv`` (N, H*W, 2)
-    and depth there (N, H*W)."""
-    count = depth.shape[0]
-    points = unproject_depth(depth, K, poses).view(count, -1, 3)
-    return project_points(points, K[:1].expand(count, 3, 3), poses[:1].expand(count, 4, 4))
-
-
-def seen_ceiling(backbone, truth_rgb: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor,
-                 seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The true frames with their ``seen`` pixels replaced by the start frame warped there with
-    ground-truth ``depth`` (bilinear), and those encoded and decoded by ``backbone``: the best a
-    memory of the start frame could show at this resolution, and through this autoencoder."""
+def seen_ceiling(backbone, truth_rgb: torch.Tensor, uv: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The true frames with their ``seen`` pixels replaced by the start frame warped there
+    (bilinear, to ``uv`` of :func:`start_frame_projection` with ground-truth depth), and those
+    encoded and decoded by ``backbone``: the best a memory of the start frame could show at this
+    resolution, and through this autoencoder."""
     count, _, height, width = truth_rgb.shape
-    uv, _ = _in_start_frame(depth, K, poses)
     grid = torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], dim=-1).view(count, height, width, 2)
     warped = torch.where(seen, F.grid_sample(truth_rgb[:1].expand(count, -1, -1, -1), grid, align_corners=False),
                          truth_rgb)
@@ -144,9 +142,11 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     truth_rgb = truth.rgb.permute(0, 3, 1, 2).float() / 255
     layout = LayoutRasteriser(scene.ground)(poses, K, size, size, backbone.downsample)
     pairs = revisit_pairs(poses, second_lap)
-    seen = seen_in_start_frame(truth.depth, K, poses, LatentCacheConfig.max_range_m)
-    warped, ceiling = seen_ceiling(backbone, truth_rgb, truth.depth, K, poses, seen)
-    with_seen = seen.flatten(1).float().mean(1) >= SEEN_MIN_SHARE
+    uv, z = start_frame_projection(truth.depth, K, poses)
+    seen = seen_in_start_frame(truth.depth, uv, z, LatentCacheConfig.max_range_m)
+    warped, ceiling = seen_ceiling(backbone, truth_rgb, uv, seen)
+    seen_share = seen.flatten(1).float().mean(1)
+    with_seen = seen_share >= SEEN_MIN_SHARE
     with_seen[0] = False  # the start frame itself is given, not generated
     lap2 = torch.as_tensor(second_lap)
 
@@ -159,7 +159,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
             config = WorldModelConfig(memory=memory, reencode=args.reencode,
                                       cache=LatentCacheConfig(min_confidence=args.min_confidence))
             metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K,
-                                                   layout, second_lap, pairs, seen, with_seen, road_map.name, size)
+                                                   layout, lap2, pairs, seen, with_seen, road_map.name, size)
             runs.append(metrics)
             seed_curves.append(frame_psnr)
             if draw == 0:
@@ -170,7 +170,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     summary = {"map": road_map.name, "frames": len(poses), "lap_length_m": round(lap_length, 1),
                "revisit_pairs": len(pairs), "frames_with_seen": int(with_seen.sum()),
                "second_lap_frames_with_seen": int((with_seen & lap2).sum()),
-               "seen_share": _masked_mean(seen.flatten(1).float().mean(1), with_seen),
+               "seen_share": _masked_mean(seen_share, with_seen),
                "seen_ceiling": {"warped_psnr_seen": _masked_mean(psnr(warped, truth_rgb, seen), with_seen),
                                 "psnr_seen": _masked_mean(psnr(ceiling, truth_rgb, seen), with_seen),
                                 "ssim_seen": _masked_mean(ssim(ceiling, truth_rgb, seen), with_seen)},
@@ -227,7 +227,7 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, poses, K, layout, second_lap, pairs,
+def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, poses, K, layout, lap2, pairs,
              seen, with_seen, name: str, size: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """One drive of the world model configured by ``config`` with noise seed ``seed``: its metrics,
     frames and PSNR per frame."""
@@ -245,7 +245,6 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
     rgb = torch.cat(frames).permute(0, 3, 1, 2).float() / 255
     covered = F.interpolate(torch.cat(valid)[:, None].float(), size=(size, size), mode="nearest") > 0
     later = slice(1, None)  # frame 0 is the given start frame
-    lap2 = torch.as_tensor(second_lap)
     frame_psnr, frame_ssim = psnr(rgb, truth_rgb), ssim(rgb, truth_rgb)
     covered_psnr, covered_ssim = psnr(rgb, truth_rgb, covered), ssim(rgb, truth_rgb, covered)
     seen_psnr, seen_ssim = psnr(rgb, truth_rgb, seen), ssim(rgb, truth_rgb, seen)

@@ -246,12 +246,12 @@ Config:
 
 
 def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
-    gen = cfg.generator
-    schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start")
-                if gen.get(key) is not None]
-    for key, default in (("memory_dropout", 0.0), ("memory_window", 12), ("previous_frame_dropout", 0.0)):
-        if gen.get(key, default) != default:
-            schedule.append((f"generator.{key}", gen[key]))
+    from world_model.training import StageConfig
+
+    gen, defaults = cfg.generator, StageConfig()
+    schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start", "memory_dropout",
+                                                           "memory_window", "previous_frame_dropout")
+                if gen.get(key, getattr(defaults, key)) != getattr(defaults, key)]
     return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
             ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
             *[(f"decoder.{key}", _listed(cfg.decoder[key])) for key in ("channels", "blocks")

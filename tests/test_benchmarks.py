@@ -68,7 +68,7 @@ def test_seen_pixels_are_the_start_frames_unoccluded_surfaces(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch
 
-    from fidelity import seen_in_start_frame
+    from fidelity import seen_in_start_frame, start_frame_projection
     from world_model.camera import camera_pose, intrinsics_from_fov
 
     size = 16
@@ -81,11 +81,12 @@ def test_seen_pixels_are_the_start_frames_unoccluded_surfaces(monkeypatch):
     depth[0, :, 6:10, 6:10] = 5.0  # the box, gone in frame 1 (it drove off)
     depth[2] = 10.0  # 20 m to the side: its wall is outside frame 0's view
     depth[3] = 0.0  # turned around, facing sky
-    seen = seen_in_start_frame(depth, K, poses, max_range_m=100.0)
+    uv, z = start_frame_projection(depth, K, poses)
+    seen = seen_in_start_frame(depth, uv, z, max_range_m=100.0)
     assert seen[0].all()
     # Frame 1 sees the wall where frame 0 saw it, but not the part the box hid from frame 0.
     assert not seen[1, :, 6:10, 6:10].any()
     assert seen[1].sum() == size * size - 16
     assert not seen[2].any() and not seen[3].any()
     # Beyond max_range the start frame's surfaces were never stored: not seen.
-    assert not seen_in_start_frame(depth, K, poses, max_range_m=8.0)[1].any()
+    assert not seen_in_start_frame(depth, uv, z, max_range_m=8.0)[1].any()
