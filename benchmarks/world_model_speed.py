@@ -28,7 +28,7 @@ from mirage_env.expert import drive_route
 from mirage_env.scenario import load_map_assets
 from mirage_env.vehicle import CameraMount
 from world_model.pretrained import load_default_backbone
-from world_model.tiny_backbone import PRECISIONS
+from world_model.backbone import PRECISIONS
 from world_model.world_model import WorldModel
 
 STAGES = {"memory read": ("memory", "read"), "generator": ("backbone", "generate"),

@@ -15,7 +15,17 @@ from editors.assets import ASSET_CLASSES, VEHICLE_CLASSES, Asset, AssetBox, load
 from editors.composite import AssetInstance, AssetLabel, AssetRender, Composite, composite, render_assets
 from editors.motion import Polyline, Track, Traffic, crossing_path, follow_lane, parked, walk
 from editors.placement import Placement, Refinement, place_on_ground, refine_placement
-from editors.refiner import AssetRefiner, RefinerOutput, load_refiner
+
+
+def __getattr__(name: str):
+    # The refiner is a diffusers model, and importing diffusers takes seconds: load it on first
+    # use, so envs without the refiner (and ground-truth envs) start without it.
+    if name in ("AssetRefiner", "RefinerOutput", "load_refiner"):
+        from editors import refiner
+
+        return getattr(refiner, name)
+    raise AttributeError(f"module 'editors' has no attribute {name!r}")
+
 
 __all__ = [
     "ASSET_CLASSES", "VEHICLE_CLASSES", "Asset", "AssetBox", "load_asset", "make_asset",

@@ -41,6 +41,13 @@ def world_to_rotation(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> carl
     return carla.Rotation(pitch=math.degrees(pitch), yaw=-math.degrees(yaw), roll=-math.degrees(roll))
 
 
+def planar_pose(transform: carla.Transform) -> tuple[float, float, float]:
+    """Our ``(x, y, yaw)`` [m, m, rad] of a libcarla transform, as plain floats (for loops over
+    many waypoints, where numpy's per-call cost dominates)."""
+    location = transform.location
+    return location.x, -location.y, -math.radians(transform.rotation.yaw)
+
+
 def transform_to_world(transform: carla.Transform) -> tuple[np.ndarray, float]:
     """Our position (3,) [m] and yaw [rad] of a libcarla transform."""
     return location_to_world(transform.location), rotation_to_world(transform.rotation)[0]

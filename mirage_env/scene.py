@@ -9,6 +9,7 @@ parked cars are placed along the roads from the seed, as are all colours, the sk
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -16,7 +17,7 @@ import carla
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mirage_env.carla_frame import transform_to_world
+from mirage_env.carla_frame import planar_pose, transform_to_world
 from mirage_env.road_map import RoadMap
 
 
@@ -178,10 +179,13 @@ class _Frontage:
     sidewalk: tuple[np.ndarray, float] | None  # centre (2,) and width [m] of the outer sidewalk
 
 
-def _lane_edges(waypoint: carla.Waypoint) -> tuple[np.ndarray, np.ndarray, float]:
-    position, yaw = transform_to_world(waypoint.transform)
-    left = np.array([-np.sin(yaw), np.cos(yaw)]) * waypoint.lane_width / 2.0
-    return position[:2] + left, position[:2] - left, yaw
+def _lane_edges(waypoint: carla.Waypoint) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """Left and right edge points (x, y) [m] and yaw [rad] of the lane at ``waypoint``. Plain
+    floats: this runs for every sample of every lane."""
+    x, y, yaw = planar_pose(waypoint.transform)
+    half = waypoint.lane_width / 2.0
+    left_x, left_y = -math.sin(yaw) * half, math.cos(yaw) * half
+    return (x + left_x, y + left_y), (x - left_x, y - left_y), yaw
 
 
 def _walk_outwards(waypoint: carla.Waypoint, side: str) -> list[carla.Waypoint]:
@@ -230,7 +234,7 @@ def _lane_label(waypoint: carla.Waypoint) -> Semantic:
 def _quad(a: carla.Waypoint, b: carla.Waypoint, label: Semantic) -> _Band:
     a_left, a_right, _ = _lane_edges(a)
     b_left, b_right, _ = _lane_edges(b)
-    return _Band(np.stack([a_left, b_left, b_right, a_right]), label)
+    return _Band(np.array([a_left, b_left, b_right, a_right]), label)
 
 
 def _marking_quads(a: carla.Waypoint, b: carla.Waypoint) -> list[_Band]:
@@ -243,27 +247,27 @@ def _marking_quads(a: carla.Waypoint, b: carla.Waypoint) -> list[_Band]:
             continue
         if mark_a.type in _BROKEN_MARKS and (a.s % DASH_PERIOD_M) >= DASH_LENGTH_M:
             continue
-        width = max(float(mark_a.width), 0.1)
+        half = max(float(mark_a.width), 0.1) / 2.0
         points = []
         for waypoint in (a, b):
             left, right, yaw = _lane_edges(waypoint)
-            edge = left if side == "left" else right
-            normal = np.array([-np.sin(yaw), np.cos(yaw)]) * width / 2.0
-            points.append((edge + normal, edge - normal))
+            edge_x, edge_y = left if side == "left" else right
+            normal_x, normal_y = -math.sin(yaw) * half, math.cos(yaw) * half
+            points.append(((edge_x + normal_x, edge_y + normal_y), (edge_x - normal_x, edge_y - normal_y)))
         paint = 2 if mark_a.color == carla.LaneMarkingColor.Yellow else 1
-        corners = np.stack([points[0][0], points[1][0], points[1][1], points[0][1]])
+        corners = np.array([points[0][0], points[1][0], points[1][1], points[0][1]])
         out.append(_Band(corners, Semantic.LANE_MARKING, paint))
     return out
 
 
 def _frontage(waypoint: carla.Waypoint, outer_lanes: list[carla.Waypoint]) -> _Frontage:
     _, right_edge, yaw = _lane_edges(waypoint)
+    right_edge = np.array(right_edge)
     outward = np.array([np.sin(yaw), -np.cos(yaw)])
     sidewalk = None
     edge = right_edge
     for lane in outer_lanes:
-        _, lane_right, _ = _lane_edges(lane)
-        edge = lane_right
+        edge = np.array(_lane_edges(lane)[1])
         if lane.lane_type == carla.LaneType.Sidewalk:
             sidewalk = (transform_to_world(lane.transform)[0][:2], float(lane.lane_width))
     # The outer edge is measured along the outward normal so it never falls inside the road.
@@ -286,7 +290,7 @@ def _rasterise_ground(road_map: RoadMap, bands: list[_Band], config: DressingCon
                 continue
             # PIL's pixel (col, row) has its centre at (col, row); ours at (col + 0.5, row + 0.5).
             pixels = (band.corners - [x0, y0]) / config.texel_m - 0.5
-            polygon = [tuple(p) for p in pixels]
+            polygon = pixels.ravel().tolist()  # x0, y0, x1, y1, ...: what PIL takes fastest
             draw_classes.polygon(polygon, fill=int(label))
             if band.paint:
                 draw_paint.polygon(polygon, fill=band.paint)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import subprocess
+import sys
 import warnings
 
 import gymnasium as gym
@@ -102,6 +104,22 @@ def test_both_ids_register_idempotently_and_make_with_module_prefix(bend_map):
             env = make(name, bend_map)
             assert env.unwrapped.spec.id == env_id
             env.close()
+
+
+def test_ground_truth_envs_start_without_importing_the_networks(bend_map):
+    # diffusers takes seconds to import (and pulls in transformers and peft): an env that renders
+    # the exact scene and has no refiner must not pay for it, in this process or a spawned worker.
+    code = ("import sys, gymnasium as gym, mirage_env\n"
+            "for env_id in mirage_env.ENV_IDS:\n"
+            f"    env = gym.make(env_id, map={bend_map!r}, width=32, height=32, renderer='ground_truth')\n"
+            "    env.reset(seed=0); env.step(env.action_space.sample())\n"
+            "print(sorted(m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    from editors import AssetRefiner  # the editor's refiner still loads on first use
+
+    assert AssetRefiner.__name__ == "AssetRefiner"
 
 
 @pytest.mark.parametrize("renderer", ["world_model", "ground_truth"])

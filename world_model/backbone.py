@@ -15,6 +15,8 @@ import torch
 
 from world_model.memory import MemoryRead
 
+PRECISIONS = ("float32", "bfloat16")  # precisions a backbone's networks can run in
+
 
 @dataclass
 class Conditioning:

@@ -36,13 +36,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from world_model.backbone import Conditioning
+from world_model.backbone import PRECISIONS, Conditioning
 
 MIN_DEPTH_M, MAX_DEPTH_M = 0.3, 300.0  # [m] range of the depth head
 DEPTH_ERROR_FOR_HALF_CONFIDENCE = 0.07  # expected |log depth error| at which confidence is 0.5
 NOISE_LEVEL_TIMESTEPS = 1000.0  # UNet timestep per unit of noise level
 ATTENTION_HEAD_CHANNELS = 32  # the generator's lowest UNet level attends in heads of this many channels
-PRECISIONS = ("float32", "bfloat16")
 
 
 class ResidualBlock(nn.Module):

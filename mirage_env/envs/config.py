@@ -21,7 +21,7 @@ import numpy as np
 
 from mirage_env.rewards import DEFAULT_REWARD_WEIGHTS, REWARD_TERMS
 from mirage_env.vehicle import BicycleModel, CameraMount
-from world_model.tiny_backbone import PRECISIONS
+from world_model.backbone import PRECISIONS
 from world_model.world_model import MEMORIES, WorldModelConfig
 
 OBSERVATION_MODES = ("dict", "rgb")

@@ -14,18 +14,20 @@ generated behind them is not cached either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from editors import VEHICLE_CLASSES, AssetInstance, Traffic, composite, make_asset, render_assets
 from editors.placement import Placement, refine_placement
-from editors.refiner import AssetRefiner
 from mirage_env.envs.frame_source import FrameSource, WorldModelFrames
 from mirage_env.road_map import RoadMap
 from mirage_env.scenario import MapScenario, Scenario, StartFrame
 from mirage_env.scene import Primitives, Scene, Semantic
+
+if TYPE_CHECKING:
+    from editors.refiner import AssetRefiner
 
 VEHICLE_SPEED_MPS = (4.0, 10.0)  # [m/s] range of vehicles' cruising speeds
 PEDESTRIAN_SPEED_MPS = (0.9, 1.6)  # [m/s] walking speeds
