@@ -61,6 +61,7 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     ceiling = route["seen_ceiling"]
     assert ceiling["psnr_seen"] > max(memories["latent"]["psnr_seen"], memories["none"]["psnr_seen"])
     assert ceiling["warped_psnr_seen"] > ceiling["psnr_seen"]  # the autoencoder loses detail
+    assert 5 < ceiling["latent_warp_psnr_seen"] < ceiling["warped_psnr_seen"]
     assert plot.stat().st_size > 10_000
 
 
@@ -90,3 +91,46 @@ def test_seen_pixels_are_the_start_frames_unoccluded_surfaces(monkeypatch):
     assert not seen[2].any() and not seen[3].any()
     # Beyond max_range the start frame's surfaces were never stored: not seen.
     assert not seen_in_start_frame(depth, uv, z, max_range_m=8.0)[1].any()
+
+
+def test_latent_warp_moves_the_start_frames_tokens_with_their_surface(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+
+    from fidelity import latent_warp, seen_in_start_frame, start_frame_projection
+    from world_model.camera import camera_pose, intrinsics_from_fov
+
+    size, downsample = 16, 4
+    K = intrinsics_from_fov(90.0, size, size).expand(2, 3, 3)  # 8 px focal length
+    # A wall 10 m ahead; frame 1 stands 5 m to the left, so the wall moves 4 px (one latent
+    # cell) to the right in the image.
+    poses = camera_pose(torch.tensor([[0.0, 0, 1], [0, 5, 1]]), torch.zeros(2), torch.zeros(2))
+    depth = torch.full((2, 1, size, size), 10.0)
+    uv, z = start_frame_projection(depth, K, poses)
+    seen = seen_in_start_frame(depth, uv, z, max_range_m=100.0)
+    start = torch.randn(1, 3, size // downsample, size // downsample)
+    moved, taken = latent_warp(start, uv, seen, downsample)
+    assert moved.shape == (2, 3, 4, 4) and taken.shape == (2, 1, 4, 4)
+    assert taken[0].all() and torch.equal(moved[0], start[0])
+    # Frame 1's first column shows wall the start frame never saw; every other cell shows the
+    # start frame's cell one column to its left.
+    assert not taken[1, :, :, 0].any() and taken[1, :, :, 1:].all()
+    assert torch.equal(moved[1, :, :, 1:], start[0, :, :, :-1])
+    assert not moved[1, :, :, 0].any()
+
+
+def test_env_startup_times_each_stage_in_a_fresh_process(tmp_path):
+    out = tmp_path / "startup.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "env_startup.py"), "--repeats", "1",
+               "--renderers", "ground_truth", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert list(cases) == ["MirageDrive-v0 ground_truth default map", "MirageDrive-v0 ground_truth town:3"]
+    for figures in cases.values():
+        stages = ("import_s", "make_s", "first_reset_s", "first_step_s", "reset_other_seed_s")
+        assert all(figures[stage] > 0 for stage in stages)
+        assert figures["total_s"] >= sum(figures[stage] for stage in stages) - 0.01  # rounded to ms
+        assert figures["peak_rss_mb"] > 100 and not figures["imports_networks"]
+        # The map is loaded and dressed once per process; another episode on it reuses that.
+        assert figures["reset_other_seed_s"] < figures["first_reset_s"] / 10
