@@ -52,8 +52,8 @@ class GroundTruthRenderer:
         self.far_m = far_m
         f32 = dict(dtype=torch.float32, device=self.device)
         ground = scene.ground
-        # uint8 like the scene's arrays (shared with them on the CPU): Town01's ground is 14 M
-        # texels, 110 MB per env as int64.
+        # uint8 like the scene's arrays (shared with them on the CPU): Town01's ground is 23 M
+        # texels, 180 MB per env as int64.
         self.ground_classes = torch.as_tensor(ground.classes, dtype=torch.uint8, device=self.device)
         self.ground_paint = torch.as_tensor(ground.paint, dtype=torch.uint8, device=self.device)
         self.ground_origin = torch.tensor([ground.x0, ground.y0], **f32)
