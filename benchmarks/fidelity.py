@@ -29,8 +29,9 @@ Reported per memory, over all frames and over the second lap (the revisits):
   frame again, and the same as a curve for the first route.
 
 Writes a table, ``benchmarks/results/fidelity.json``, a side-by-side video (ground truth |
-latent | pixel | none) ``docs/fidelity.mp4``, a contact sheet ``docs/fidelity_contact_sheet.png``
-and the PSNR-over-time curve ``docs/fidelity_horizon.png``.
+latent | pixel | none) ``docs/fidelity.mp4``, a contact sheet ``docs/fidelity_contact_sheet.png``,
+the PSNR-over-time curve ``docs/fidelity_horizon.png`` and the ceilings beside the first memory's
+frames on frames with seen pixels ``docs/fidelity_ceilings.png``, all of the first route.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
                                   [--reencode 0.25] [--min-confidence 0.5] [--precision float32]
@@ -154,9 +155,21 @@ def seen_ceiling(backbone, truth_rgb: torch.Tensor, uv: torch.Tensor,
     return warped, decoded, latent_decoded
 
 
-def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
-    """The route's summary, its side-by-side video (first seed) and its PSNR curves per frame
-    (``seconds`` and one per memory, means over seeds, plus the start frame shown again)."""
+def ceiling_rows(truth_rgb: torch.Tensor, seen: torch.Tensor, chosen: torch.Tensor,
+                 panels: list[torch.Tensor]) -> np.ndarray:
+    """Rows (len(chosen), H, W * (1 + len(panels)), 3) uint8 for the frames ``chosen``: the truth
+    with the pixels the start frame did not see dimmed, then each of ``panels`` (N, 3, H, W) in
+    [0, 1]."""
+    dimmed = truth_rgb[chosen] * torch.where(seen[chosen], 1.0, 0.3)
+    row = torch.cat([dimmed, *(panel[chosen] for panel in panels)], dim=3)
+    return (row.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, dict[str, np.ndarray], tuple]:
+    """The route's summary, its side-by-side video (first seed), its PSNR curves per frame
+    (``seconds`` and one per memory, means over seeds, plus the start frame shown again) and
+    the ceiling sheet's rows with their frame numbers (see :func:`ceiling_rows`; the last panel is
+    the first memory's frames, first seed)."""
     road_map = load_road_map(spec)
     scene = dress_scene(road_map, seed)
     route, lap_length = two_laps(road_map, seed, args.loop_min_m)
@@ -209,7 +222,11 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
                "memories": results,
                "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()}}
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
-    return summary, side_by_side, {"seconds": seconds, **curves}
+    candidates = torch.nonzero(with_seen)[:, 0]
+    chosen = candidates[torch.linspace(0, len(candidates) - 1, min(6, len(candidates))).round().long()]
+    generated = torch.as_tensor(videos[args.memories[0]]).permute(0, 3, 1, 2).float() / 255
+    rows = ceiling_rows(truth_rgb, seen, chosen, [warped, ceiling, latent_ceiling, generated])
+    return summary, side_by_side, {"seconds": seconds, **curves}, (rows, chosen.tolist())
 
 
 def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float | None]:
@@ -320,15 +337,17 @@ def main() -> None:
     parser.add_argument("--video", default="docs/fidelity.mp4")
     parser.add_argument("--sheet", default="docs/fidelity_contact_sheet.png")
     parser.add_argument("--horizon-plot", default="docs/fidelity_horizon.png")
+    parser.add_argument("--ceilings-sheet", default="docs/fidelity_ceilings.png",
+                        help="frames with seen pixels beside the three ceilings and the first memory")
     args = parser.parse_args()
 
     backbone = load_default_backbone(args.model, precision=args.precision)
-    routes, first_video, first_curves = [], None, None
+    routes, first_video, first_curves, first_ceilings = [], None, None, None
     for index, spec in enumerate(args.maps):
-        summary, video, curves = run_route(backbone, spec, seed=index, args=args)
+        summary, video, curves, ceilings = run_route(backbone, spec, seed=index, args=args)
         routes.append(summary)
         if first_video is None:  # the video, contact sheet and curve show the first route
-            first_video, first_curves = video, curves
+            first_video, first_curves, first_ceilings = video, curves, ceilings
 
     def mean(memory: str, key: str) -> float:
         value = _mean([r["memories"][memory][key] for r in routes])
@@ -380,7 +399,11 @@ def main() -> None:
                           title=f"{routes[0]['map']}: ground truth | " + " | ".join(TITLES[m] for m in memories))
     sheet.save(args.sheet)
     plot_horizon(routes[0]["map"], first_curves, args.horizon_plot)
-    print(f"wrote {args.video}, {args.sheet} and {args.horizon_plot}")
+    rows, chosen = first_ceilings
+    contact_sheet(rows, [f"frame {i}" for i in chosen], columns=1,
+                  title=f"{routes[0]['map']}: truth, unseen dimmed | start warped | through autoencoder | "
+                        f"latents moved | {TITLES[memories[0]]}").save(args.ceilings_sheet)
+    print(f"wrote {args.video}, {args.sheet}, {args.horizon_plot} and {args.ceilings_sheet}")
 
 
 if __name__ == "__main__":

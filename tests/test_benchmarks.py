@@ -42,7 +42,7 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     command = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--maps", "town:1000001", "--size", "32",
                "--seeds", "1", "--memories", "latent", "none", "--loop-min-m", "60", "--stride", "4",
                "--out", str(out), "--video", str(tmp_path / "v.mp4"), "--sheet", str(tmp_path / "sheet.png"),
-               "--horizon-plot", str(plot)]
+               "--horizon-plot", str(plot), "--ceilings-sheet", str(tmp_path / "ceilings.png")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     route = json.loads(out.read_text())["routes"][0]
@@ -63,6 +63,7 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     assert ceiling["warped_psnr_seen"] > ceiling["psnr_seen"]  # the autoencoder loses detail
     assert 5 < ceiling["latent_warp_psnr_seen"] < ceiling["warped_psnr_seen"]
     assert plot.stat().st_size > 10_000
+    assert (tmp_path / "ceilings.png").stat().st_size > 10_000
 
 
 def test_seen_pixels_are_the_start_frames_unoccluded_surfaces(monkeypatch):
