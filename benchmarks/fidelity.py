@@ -200,7 +200,8 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
         runs, seed_curves = [], []
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
             config = WorldModelConfig(memory=memory, reencode=args.reencode,
-                                      cache=LatentCacheConfig(min_confidence=args.min_confidence))
+                                      cache=LatentCacheConfig(min_confidence=args.min_confidence,
+                                                              unsure_depth_penalty=args.unsure_depth_penalty))
             metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K,
                                                    layout, lap2, pairs, seen, with_seen, road_map.name, size)
             runs.append(metrics)
@@ -331,6 +332,8 @@ def main() -> None:
                         help="weight of re-encoded frames in memory and context (see world_model.world_model)")
     parser.add_argument("--min-confidence", type=float, default=LatentCacheConfig.min_confidence,
                         help="the latent cache's min_confidence (see world_model.latent_cache)")
+    parser.add_argument("--unsure-depth-penalty", type=float, default=LatentCacheConfig.unsure_depth_penalty,
+                        help="the latent cache's unsure_depth_penalty (see world_model.latent_cache)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="precision of the backbone's networks (see world_model.tiny_backbone)")
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
@@ -372,6 +375,7 @@ def main() -> None:
         "image_size": args.size,
         "reencode": args.reencode,
         "min_confidence": args.min_confidence,
+        "unsure_depth_penalty": args.unsure_depth_penalty,
         "precision": args.precision,
         "stride_steps": args.stride,
         "routes": routes,

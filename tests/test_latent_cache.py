@@ -115,6 +115,24 @@ def test_near_surface_hides_far_surface():
     assert (cache.read(behind, K, (64, 64)).latents[0, 0][cache.read(behind, K, (64, 64)).valid[0, 0]] == 0).all()
 
 
+
+def test_unsure_tokens_count_deeper_in_the_z_buffer():
+    pose = camera_pose(torch.zeros(1, 3), torch.zeros(1))
+    K = intrinsics_from_fov(90, 64, 64)[None]
+    far, near = torch.full((1, 1, 64, 64), 20.0), torch.full((1, 1, 64, 64), 5.0)
+    sure, unsure = torch.ones(1, 1, 8, 8), torch.full((1, 1, 8, 8), 0.6)
+
+    def shown(penalty: float) -> list[float]:
+        """Which wall a read shows: 0 for the sure far one, 1 for the unsure near one."""
+        cache = LatentCache(1, 1, LatentCacheConfig(latent_dtype="float32", unsure_depth_penalty=penalty))
+        cache.write(MemoryFrame(torch.zeros(1, 1, 8, 8), far, K, pose, confidence=sure))
+        cache.write(MemoryFrame(torch.ones(1, 1, 8, 8), near, K, pose, confidence=unsure))
+        return cache.read(pose, K, (64, 64)).latents.unique().tolist()
+
+    assert shown(0.0) == [1.0]  # plain z-buffer: nearest wins
+    assert shown(5.0) == [1.0]  # counts 5 * (1 + 5 * 0.4) = 15 m deep: still nearer than 20 m
+    assert shown(10.0) == [0.0]  # counts 25 m deep: the sure wall wins
+
 def test_dynamic_tokens_never_enter_the_cache(street):
     poses, K, out = street
     latents = torch.zeros(3, 2, 16, 16)

@@ -44,7 +44,9 @@ Read
     A z-buffer keeps the nearest token per cell, where a splatted (non-centre) cell counts as
     ``1 + splat_depth_penalty * ring`` times deeper: with the default 1.0 a token's own cell
     beats a neighbour's splat unless that neighbour is more than twice as near, i.e. an
-    occluder. Tokens behind the camera or off the grid are skipped. Remaining one-to-three-cell
+    occluder. With ``unsure_depth_penalty`` a token also counts ``1 + penalty * (1 -
+    confidence)`` times deeper, so tokens of generated frames (the depth head's confidence, below
+    1) give way to observed ones (ground-truth depth: confidence 1) unless they are far nearer. Tokens behind the camera or off the grid are skipped. Remaining one-to-three-cell
     gaps are closed by a gap fill: an empty cell with valid cells on both sides along a row,
     column or diagonal, within ``max_splat_radius`` cells, takes the nearer of the two. Empty
     cells at the border of what the cache saw (sky, unexplored space) stay empty.
@@ -91,6 +93,7 @@ class LatentCacheConfig:
     voxel_levels: int = 16  # voxel sizes voxel_min_m * 2**level, level < voxel_levels
     max_splat_radius: int = 3  # [cells] a token covers at most (2r + 1)^2 target cells
     splat_depth_penalty: float = 1.0  # z-buffer: a splat counts (1 + penalty * ring) times deeper
+    unsure_depth_penalty: float = 0.0  # z-buffer: a token counts (1 + penalty * (1 - confidence)) times deeper
     budget_bytes: int = 32 * 2**20  # [bytes] per cache
     latent_dtype: str = "float16"  # storage precision of latent vectors
 
@@ -451,6 +454,8 @@ class LatentCache:
         inside = ((col >= 0) & (col < width) & (row >= 0) & (row < height)).nonzero()[:, 0]
         pair, col, row, ring = pair[inside], col[inside], row[inside], ring[inside]
         priority = z[pair] * (1 + cfg.splat_depth_penalty * ring.float())
+        if cfg.unsure_depth_penalty:
+            priority = priority * (1 + cfg.unsure_depth_penalty * (1 - self.confidence[token[pair]].float()))
 
         cells = batch * height * width
         cell = view[pair] * (height * width) + row * width + col
