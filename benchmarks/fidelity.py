@@ -34,7 +34,8 @@ the PSNR-over-time curve ``docs/fidelity_horizon.png`` and the ceilings beside t
 frames on frames with seen pixels ``docs/fidelity_ceilings.png``, all of the first route.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
-                                  [--reencode 0.25] [--min-confidence 0.5] [--precision float32]
+                                  [--reencode 0.25] [--min-confidence 0.5] [--unsure-depth-penalty 0]
+                                  [--precision float32]
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def latent_warp(start_latents: torch.Tensor, uv: torch.Tensor, seen: torch.Tenso
     (``uv`` of :func:`start_frame_projection`). Returns the latents (N, C, h, w), zero elsewhere,
     and which cells took one (N, 1, h, w): a perfect latent memory of the start frame."""
     count, _, height, width = seen.shape
-    channels, rows, cols = start_latents.shape[1:]
+    rows, cols = start_latents.shape[-2:]
     centre = downsample // 2
     at_centre = uv.view(count, height, width, 2)[:, centre::downsample, centre::downsample]
     col = (at_centre[..., 0] / downsample).floor().long().clamp(0, cols - 1)
