@@ -156,13 +156,11 @@ def seen_ceiling(backbone, truth_rgb: torch.Tensor, uv: torch.Tensor,
     return warped, decoded, latent_decoded
 
 
-def ceiling_rows(truth_rgb: torch.Tensor, seen: torch.Tensor, chosen: torch.Tensor,
-                 panels: list[torch.Tensor]) -> np.ndarray:
-    """Rows (len(chosen), H, W * (1 + len(panels)), 3) uint8 for the frames ``chosen``: the truth
-    with the pixels the start frame did not see dimmed, then each of ``panels`` (N, 3, H, W) in
-    [0, 1]."""
-    dimmed = truth_rgb[chosen] * torch.where(seen[chosen], 1.0, 0.3)
-    row = torch.cat([dimmed, *(panel[chosen] for panel in panels)], dim=3)
+def ceiling_rows(truth_rgb: torch.Tensor, seen: torch.Tensor, panels: list[torch.Tensor]) -> np.ndarray:
+    """Rows (N, H, W * (1 + len(panels)), 3) uint8: the truth (N, 3, H, W) with the pixels the
+    start frame did not see (``seen`` (N, 1, H, W)) dimmed, then each of ``panels`` (N, 3, H, W),
+    all in [0, 1]."""
+    row = torch.cat([truth_rgb * torch.where(seen, 1.0, 0.3), *panels], dim=3)
     return (row.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -226,8 +224,9 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
     candidates = torch.nonzero(with_seen)[:, 0]
     chosen = candidates[torch.linspace(0, len(candidates) - 1, min(6, len(candidates))).round().long()]
-    generated = torch.as_tensor(videos[args.memories[0]]).permute(0, 3, 1, 2).float() / 255
-    rows = ceiling_rows(truth_rgb, seen, chosen, [warped, ceiling, latent_ceiling, generated])
+    generated = torch.as_tensor(videos[args.memories[0]][chosen.numpy()]).permute(0, 3, 1, 2).float() / 255
+    rows = ceiling_rows(truth_rgb[chosen], seen[chosen], [warped[chosen], ceiling[chosen], latent_ceiling[chosen],
+                                                          generated])
     return summary, side_by_side, {"seconds": seconds, **curves}, (rows, chosen.tolist())
 
 
