@@ -23,6 +23,8 @@ Reported per memory, over all frames and over the second lap (the revisits):
 - revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
   (within 0.5 m and 5 deg), generated vs generated;
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
+  beside it, per route, the true frames through the autoencoder (``autoencoder``: PSNR, SSIM,
+  sharpness), which caps what any generator of its latents shows;
 - milliseconds per generated frame;
 - how long a rollout tracks the truth: whole-frame PSNR by time since the start frame
   (``psnr_by_horizon``, in windows of seconds), beside a trivial baseline that shows the start
@@ -35,6 +37,7 @@ frames on frames with seen pixels ``docs/fidelity_ceilings.png``, all of the fir
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
                                   [--reencode 0.25] [--min-confidence 0.5] [--unsure-depth-penalty 0]
+                                  [--antialias 1]
                                   [--precision float32]
 """
 
@@ -133,16 +136,17 @@ def latent_warp(start_latents: torch.Tensor, uv: torch.Tensor, seen: torch.Tenso
 
 
 def seen_ceiling(backbone, truth_rgb: torch.Tensor, uv: torch.Tensor,
-                 seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Three ceilings for a memory of the start frame, by ground-truth geometry (``uv`` of
-    :func:`start_frame_projection`):
+    :func:`start_frame_projection`), and the true frames through the autoencoder:
 
     - the true frames with their ``seen`` pixels replaced by the start frame warped there
       (bilinear): the best such a memory could show at this resolution;
     - those encoded and decoded by ``backbone``: the best through this autoencoder;
     - the true frames' latents with the cells the start frame saw replaced by its latents
       moved there (:func:`latent_warp`), decoded: the best a memory of latent tokens could show,
-      had it every token of the start frame in the right place and the rest of the frame right.
+      had it every token of the start frame in the right place and the rest of the frame right;
+    - the true frames encoded and decoded: whatever generates latents is seen through this.
     """
     count, _, height, width = truth_rgb.shape
     grid = torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], dim=-1).view(count, height, width, 2)
@@ -153,7 +157,8 @@ def seen_ceiling(backbone, truth_rgb: torch.Tensor, uv: torch.Tensor,
     latents = torch.cat([backbone.encode(part) for part in truth_rgb.split(64)])
     mixed = torch.where(taken, moved, latents)
     latent_decoded = torch.cat([backbone.decode(part).clamp(0, 1) for part in mixed.split(64)])
-    return warped, decoded, latent_decoded
+    reconstructed = torch.cat([backbone.decode(part).clamp(0, 1) for part in latents.split(64)])
+    return warped, decoded, latent_decoded, reconstructed
 
 
 def ceiling_rows(truth_rgb: torch.Tensor, seen: torch.Tensor, panels: list[torch.Tensor]) -> np.ndarray:
@@ -180,13 +185,13 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     second_lap = travelled >= lap_length
     poses = mount.poses(ego)
     K = mount.intrinsics().expand(len(poses), 3, 3)
-    truth = GroundTruthRenderer(scene).render(poses, K, size, size)
+    truth = GroundTruthRenderer(scene, antialias=args.antialias).render(poses, K, size, size)
     truth_rgb = truth.rgb.permute(0, 3, 1, 2).float() / 255
     layout = LayoutRasteriser(scene.ground)(poses, K, size, size, backbone.downsample)
     pairs = revisit_pairs(poses, second_lap)
     uv, z = start_frame_projection(truth.depth, K, poses)
     seen = seen_in_start_frame(truth.depth, uv, z, LatentCacheConfig.max_range_m)
-    warped, ceiling, latent_ceiling = seen_ceiling(backbone, truth_rgb, uv, seen)
+    warped, ceiling, latent_ceiling, reconstructed = seen_ceiling(backbone, truth_rgb, uv, seen)
     seen_share = seen.flatten(1).float().mean(1)
     with_seen = seen_share >= SEEN_MIN_SHARE
     with_seen[0] = False  # the start frame itself is given, not generated
@@ -219,6 +224,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
                                 "ssim_seen": _masked_mean(ssim(ceiling, truth_rgb, seen), with_seen),
                                 "latent_warp_psnr_seen": _masked_mean(psnr(latent_ceiling, truth_rgb, seen), with_seen),
                                 "latent_warp_ssim_seen": _masked_mean(ssim(latent_ceiling, truth_rgb, seen), with_seen)},
+               "autoencoder": reconstruction_metrics(reconstructed[1:], truth_rgb[1:]),
                "memories": results,
                "psnr_by_horizon": {name: by_horizon(curve, seconds) for name, curve in curves.items()}}
     side_by_side = np.concatenate([videos[name] for name in ("ground truth", *args.memories)], axis=2)
@@ -228,6 +234,14 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     rows = ceiling_rows(truth_rgb[chosen], seen[chosen], [warped[chosen], ceiling[chosen], latent_ceiling[chosen],
                                                           generated])
     return summary, side_by_side, {"seconds": seconds, **curves}, (rows, chosen.tolist())
+
+
+def reconstruction_metrics(reconstructed: torch.Tensor, truth_rgb: torch.Tensor) -> dict[str, float]:
+    """The true frames through the autoencoder against the truth: PSNR, SSIM and the sharpness
+    ratio (each a mean over frames, as for the memories), what generated latents are seen through."""
+    sharpness = laplacian_variance(reconstructed) / laplacian_variance(truth_rgb).clamp(min=1e-8)
+    return {"psnr": float(psnr(reconstructed, truth_rgb).mean()), "ssim": float(ssim(reconstructed, truth_rgb).mean()),
+            "sharpness_ratio": float(sharpness.mean())}
 
 
 def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float | None]:
@@ -334,6 +348,9 @@ def main() -> None:
                         help="the latent cache's min_confidence (see world_model.latent_cache)")
     parser.add_argument("--unsure-depth-penalty", type=float, default=LatentCacheConfig.unsure_depth_penalty,
                         help="the latent cache's unsure_depth_penalty (see world_model.latent_cache)")
+    parser.add_argument("--antialias", type=int, default=1,
+                        help="colour rays per pixel side of the ground truth, start frame included "
+                             "(see mirage_env.renderer; 1: one ray through each pixel centre)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="precision of the backbone's networks (see world_model.tiny_backbone)")
     parser.add_argument("--out", default="benchmarks/results/fidelity.json")
@@ -368,6 +385,7 @@ def main() -> None:
 
     ceiling = {key: round(_mean([r["seen_ceiling"][key] for r in routes]) or float("nan"), 3)
                for key in routes[0]["seen_ceiling"]}
+    autoencoder = {key: round(_mean([r["autoencoder"][key] for r in routes]), 3) for key in routes[0]["autoencoder"]}
 
     report = {
         "benchmark": "fidelity",
@@ -376,6 +394,7 @@ def main() -> None:
         "reencode": args.reencode,
         "min_confidence": args.min_confidence,
         "unsure_depth_penalty": args.unsure_depth_penalty,
+        "antialias": args.antialias,
         "precision": args.precision,
         "stride_steps": args.stride,
         "routes": routes,
@@ -385,6 +404,7 @@ def main() -> None:
         "revisit_psnr_seen_gain_over_none_db": gain("none", "revisit_psnr_seen"),
         "revisit_psnr_seen_latent_minus_pixel_db": gain("pixel", "revisit_psnr_seen"),
         "seen_ceiling": ceiling,
+        "autoencoder": autoencoder,
     }
     print(f"\n{'':28}" + "".join(f"{m:>12}" for m in memories))
     for key in keys:
@@ -396,6 +416,8 @@ def main() -> None:
           f"with true depth, through the autoencoder): {ceiling['psnr_seen']} dB, SSIM {ceiling['ssim_seen']} "
           f"({ceiling['warped_psnr_seen']} dB warped alone; its latents moved with true depth: "
           f"{ceiling['latent_warp_psnr_seen']} dB)")
+    print(f"true frames through the autoencoder: PSNR {autoencoder['psnr']} dB, SSIM {autoencoder['ssim']}, "
+          f"sharpness {autoencoder['sharpness_ratio']}")
     write_report(report, args.out)
     write_video(args.video, first_video, fps=10.0 / args.stride, quality=5)  # 720 frames: 2 MB, not 10
     chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)

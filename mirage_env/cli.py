@@ -6,6 +6,7 @@ line (``mirage demo seed=3 map=town:7``). ``mirage <command> --help`` prints the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -136,7 +137,7 @@ def train_world_model(cfg: DictConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     out_dir, data = Path(cfg.out_dir), cfg.data
     clip_config = ClipConfig(size=data.size, frames=data.frames, clips_per_town=data.clips_per_town,
-                             layout_downsample=2 ** len(cfg.autoencoder.encoder_channels))
+                             layout_downsample=2 ** len(cfg.autoencoder.encoder_channels), antialias=data.antialias)
     train_seeds = range(data.towns)
     validation_seeds = range(900_000, 900_000 + data.validation_towns)
     command = "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg))
@@ -145,14 +146,10 @@ def train_world_model(cfg: DictConfig) -> dict:
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 
     def stage(section: DictConfig) -> StageConfig:
-        generator_only = {key: section[key] for key in ("rollout_start", "rollout_probability", "rollout_steps",
-                                                        "noise_augmentation_start", "noise_augmentation_max",
-                                                        "memory_dropout", "memory_window", "previous_frame_dropout")
-                          if key in section}
-        return StageConfig(steps=section.steps, batch_size=section.batch_size, lr=section.lr,
-                           adversarial_weight=section.adversarial_weight,
-                           adversarial_start=section.adversarial_start, adversarial_ramp=section.adversarial_ramp,
-                           checkpoint_every=cfg.checkpoint_every, **generator_only)
+        """The section's StageConfig fields (the rest of it sizes the networks)."""
+        fields = {field.name for field in dataclasses.fields(StageConfig)}
+        return StageConfig(**{key: section[key] for key in section if key in fields},
+                           checkpoint_every=cfg.checkpoint_every)
 
     ae = cfg.autoencoder
     autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),
@@ -246,24 +243,42 @@ Config:
 
 
 def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
-    from world_model.training import StageConfig
+    """The settings of a ``train-world-model`` run as command-line overrides: the town count and
+    the stages' steps always, then every other key whose value differs from
+    ``configs/train_world_model.yaml`` or that the file lacks."""
+    from importlib.resources import files
 
-    gen, defaults = cfg.generator, StageConfig()
-    schedule = [(f"generator.{key}", gen[key]) for key in ("rollout_start", "noise_augmentation_start", "memory_dropout",
-                                                           "memory_window", "previous_frame_dropout")
-                if gen.get(key, getattr(defaults, key)) != getattr(defaults, key)]
-    return [("data.towns", cfg.data.towns), ("autoencoder.steps", cfg.autoencoder.steps),
-            ("generator.steps", gen.steps), *schedule, ("decoder.steps", cfg.decoder.steps),
-            *[(f"decoder.{key}", _listed(cfg.decoder[key])) for key in ("channels", "blocks")
-              if cfg.decoder.get("channels") is not None],
-            *([("generator_student.steps", cfg.generator_student.steps),
-               ("generator_student.block_out_channels", _listed(cfg.generator_student.block_out_channels))]
-              if cfg.get("generator_student") and cfg.generator_student.steps else [])]
+    defaults = _flat(OmegaConf.to_container(OmegaConf.load(files("configs") / "train_world_model.yaml")))
+    settings = _flat(OmegaConf.to_container(cfg))
+    always = ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps"]
+    changed = [key for key, value in settings.items() if key not in always and defaults.get(key, _UNSET) != value]
+    # A key the file does not have was added with Hydra's "+".
+    return [(key if key in defaults else f"+{key}", _hydra_value(settings[key])) for key in always + changed]
 
 
-def _listed(values) -> str:
-    """A list as a Hydra command-line value: ``[32,16]``."""
-    return f"[{','.join(map(str, values))}]"
+_UNSET = object()
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as one dict of dotted keys (lists stay values)."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _hydra_value(value) -> str:
+    """A value as Hydra's command line reads it back: ``null``, ``true``, ``[32,16]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return f"[{','.join(_hydra_value(item) for item in value)}]"
+    return str(value)
 
 
 def train_editor(cfg: DictConfig) -> dict:

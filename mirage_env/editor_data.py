@@ -21,7 +21,7 @@ existing shards are reused, so an interrupted run resumes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,7 @@ def generate_pair_shards(directory: str | Path, seeds, config: PairConfig | None
     existing shards reused). Returns the shard paths."""
     config = config or PairConfig()
     return write_town_shards(directory, seeds, lambda seed: render_pair_clips(seed, config, allow_heldout), FORMAT,
-                             "rendering editor pairs")
+                             "rendering editor pairs", asdict(config))
 
 
 def load_pair_shards(paths) -> dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@ One ray per pixel centre (camera conventions of :mod:`world_model.camera`) is in
 analytically with the ground plane z = 0, oriented boxes (slab test) and spheres; the nearest hit
 wins. Depth is therefore exact z-depth, so a point seen at depth d in one view reprojects exactly
 into any other view. Pixels whose ray hits nothing within ``far_m`` are sky: depth
-``NO_SURFACE_DEPTH`` (0.0) and label ``Semantic.SKY``.
+``NO_SURFACE_DEPTH`` (0.0) and label ``Semantic.SKY``. With ``antialias`` > 1 each pixel's
+colour is the mean of a grid of rays over its area (a camera's pixel integrates light), while
+depth and labels stay those of the centre ray.
 
 Colours are a deterministic function of the hit point: the ground texture's class colour with
 a texel-hash grain, window patterns on building sides, Lambertian shading from the scene's sun.
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 
 from mirage_env.scene import Primitives, Scene, Semantic
-from world_model.camera import NO_SURFACE_DEPTH, camera_rays, check_intrinsics, check_poses, invert_pose
+from world_model.camera import (NO_SURFACE_DEPTH, camera_rays, check_intrinsics, check_poses, invert_pose,
+                                scale_intrinsics)
 
 _PAIRS_PER_CHUNK = 2_000_000  # ray-object pairs intersected at once (bounds peak memory)
 _RAYS_PER_CALL = 65_536  # rays shaded at once
@@ -44,12 +47,22 @@ class GroundTruthRenderer:
         scene: what to draw.
         device: torch device for the scene tensors and rendering.
         far_m: [m] rays that hit nothing nearer (z-depth) are sky.
+        antialias: colour rays per pixel side: each pixel's colour is the mean of
+            ``antialias**2`` rays spread evenly over its area, as a camera's pixel integrates the
+            light falling on it (1: one ray through the centre, which aliases: edges turn into
+            stair steps and sub-pixel detail into noise that jumps as the camera moves). Depth and
+            labels always come from the centre ray, so depth stays exact at pixel centres. Costs
+            about ``antialias**2 + 1`` times the rays of 1.
     """
 
-    def __init__(self, scene: Scene, device: torch.device | str = "cpu", far_m: float = 500.0):
+    def __init__(self, scene: Scene, device: torch.device | str = "cpu", far_m: float = 500.0,
+                 antialias: int = 1):
+        if not isinstance(antialias, int) or isinstance(antialias, bool) or antialias < 1:
+            raise ValueError(f"antialias must be a whole number of rays per pixel side >= 1, got {antialias!r}")
         self.scene = scene
         self.device = torch.device(device)
         self.far_m = far_m
+        self.antialias = antialias
         f32 = dict(dtype=torch.float32, device=self.device)
         ground = scene.ground
         # uint8 like the scene's arrays (shared with them on the CPU): Town01's ground is 23 M
@@ -87,6 +100,21 @@ class GroundTruthRenderer:
         cam_to_world = cam_to_world.to(self.device, torch.float32)
         K = K.to(self.device, torch.float32)
         objects = self.objects if actors is None else self.objects.extended(actors)
+        batch = K.shape[0]
+        colour, t, label = self._cast_pixels(cam_to_world, K, height, width, objects)
+        colour = colour.view(batch, height, width, 3)
+        if self.antialias > 1:
+            # The same camera on a grid `antialias` times finer: its pixel centres spread evenly
+            # over each pixel (see `scale_intrinsics`); their mean is the pixel's colour.
+            k = self.antialias
+            fine = self._cast_pixels(cam_to_world, scale_intrinsics(K, k, k), height * k, width * k, objects)[0]
+            colour = fine.view(batch, height, k, width, k, 3).mean(dim=(2, 4))
+        rgb = (colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        return RenderOutput(rgb=rgb, depth=t.view(batch, 1, height, width), semantic=label.view(batch, height, width))
+
+    def _cast_pixels(self, cam_to_world: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                     objects: _ObjectTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Colour (B * H * W, 3), ``t`` and labels of one ray through each pixel centre."""
         box_corners, sphere_corners = objects.box_corners, objects.sphere_corners
         # Views are rendered a few at a time: working sets beyond the CPU caches cost more
         # than the extra calls.
@@ -99,10 +127,7 @@ class GroundTruthRenderer:
             sphere_pairs = _screen_pairs(sphere_corners, pose, intrinsics, height, width, self.far_m)
             ray_origins = origins.repeat_interleave(height * width, dim=0)
             parts.append(self._shade(ray_origins, directions.reshape(-1, 3), objects, box_pairs, sphere_pairs))
-        colour, t, label = (torch.cat(tensors) for tensors in zip(*parts))
-        batch = K.shape[0]
-        rgb = (colour.view(batch, height, width, 3).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-        return RenderOutput(rgb=rgb, depth=t.view(batch, 1, height, width), semantic=label.view(batch, height, width))
+        return tuple(torch.cat(tensors) for tensors in zip(*parts))
 
     @torch.no_grad()
     def cast(self, origins: torch.Tensor, directions: torch.Tensor):

@@ -125,22 +125,24 @@ class ImageScenario:
 Scenario = MapScenario | ImageScenario
 
 
-def load_map_assets(spec: str | Path, scene_seed: int, device: str = "cpu") -> MapAssets:
+def load_map_assets(spec: str | Path, scene_seed: int, device: str = "cpu", antialias: int = 1) -> MapAssets:
     """The map of ``spec`` (see :func:`~mirage_env.road_map.load_road_map`) with its scene
-    dressed from ``scene_seed``, cached per process. Raises ``FileNotFoundError`` for a missing
-    map file or an unknown map name."""
+    dressed from ``scene_seed`` and a ground-truth renderer of ``antialias`` colour rays per pixel
+    side, cached per process. Raises ``FileNotFoundError`` for a missing map file or an unknown
+    map name."""
     spec = str(spec)
     if spec.endswith(".xodr") or Path(spec).exists():
         # Paths are cached by absolute path, so "a.xodr" and "./a.xodr" share one entry.
         spec = str(Path(spec).resolve())
-    return _load_map_assets(spec, int(scene_seed), str(device))
+    return _load_map_assets(spec, int(scene_seed), str(device), int(antialias))
 
 
 @functools.lru_cache(maxsize=MAP_CACHE_SIZE)
-def _load_map_assets(spec: str, scene_seed: int, device: str) -> MapAssets:
+def _load_map_assets(spec: str, scene_seed: int, device: str, antialias: int) -> MapAssets:
     road_map = load_road_map(spec)
     scene = dress_scene(road_map, scene_seed)
-    return MapAssets(road_map, scene, GroundTruthRenderer(scene, device=device), StaticObstacles(scene.objects),
+    renderer = GroundTruthRenderer(scene, device=device, antialias=antialias)
+    return MapAssets(road_map, scene, renderer, StaticObstacles(scene.objects),
                      LayoutRasteriser(scene.ground, device=device))
 
 

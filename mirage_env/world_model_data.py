@@ -7,18 +7,21 @@ every one to three expert steps (0.1 s each). Clips keep RGB, metric depth, sema
 poses and the road layout on the latent grid at every frame. Towns come from training seeds
 only: held-out seeds (:data:`mirage_env.towns.HELDOUT_SEEDS`) and Town01 are refused.
 
-Each town's clips go into one safetensors shard (``town_<seed>.safetensors``); generation skips
-shards that exist, so an interrupted run resumes where it stopped.
+Each town's clips go into one safetensors shard (``town_<seed>.safetensors``) that records the
+:class:`ClipConfig` it was rendered with; generation skips shards that exist with the same
+settings, so an interrupted run resumes where it stopped, and refuses ones made with others.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -48,6 +51,7 @@ class ClipConfig:
     yaw_deg: float = 30.0  # [deg] max look left / right
     pitch_deg: tuple[float, float] = (-15.0, 5.0)  # [deg] pitch range
     layout_downsample: int = 4  # image pixels per layout cell (the autoencoder's factor)
+    antialias: int = 1  # colour rays per pixel side (see mirage_env.renderer.GroundTruthRenderer)
 
 
 def _smooth_noise(rng: np.random.Generator, count: int, knots: int = 4) -> np.ndarray:
@@ -67,7 +71,7 @@ def render_town_clips(seed: int, config: ClipConfig | None = None) -> dict[str, 
     rng = np.random.default_rng([seed, 0xC11B])
     road_map = load_road_map(f"town:{seed}")
     scene = dress_scene(road_map, seed)
-    renderer = GroundTruthRenderer(scene)
+    renderer = GroundTruthRenderer(scene, antialias=config.antialias)
     layout = LayoutRasteriser(scene.ground)
     mount = CameraMount(fov_deg=config.fov_deg, width=config.size, height=config.size)
     K = mount.intrinsics()
@@ -112,7 +116,7 @@ def generate_shards(directory: str | Path, seeds, config: ClipConfig | None = No
     skipping shards already there. Returns all shard paths."""
     config = config or ClipConfig()
     return write_town_shards(directory, seeds, lambda seed: render_town_clips(seed, config), FORMAT,
-                             "rendering training towns")
+                             "rendering training towns", asdict(config))
 
 
 def load_shards(paths) -> dict[str, torch.Tensor]:
@@ -120,22 +124,47 @@ def load_shards(paths) -> dict[str, torch.Tensor]:
     return read_town_shards(paths, "training shard", "ClipConfig")
 
 
-def write_town_shards(directory: str | Path, seeds, render, format: str, desc: str) -> list[Path]:
+def write_town_shards(directory: str | Path, seeds, render, format: str, desc: str, settings: dict) -> list[Path]:
     """``render(seed)`` (a dict of tensors) of every town in ``seeds`` saved as
-    ``directory/town_<seed>.safetensors``, shards already there reused. Returns all shard paths."""
+    ``directory/town_<seed>.safetensors`` with the ``settings`` it was rendered with; shards
+    already there are reused if they were made with the same settings, else refused (a
+    ``ValueError`` naming the settings that differ). Returns all shard paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    recorded = json.dumps(settings, sort_keys=True)
     paths = []
     for seed in tqdm(list(seeds), desc=desc, unit="town"):
         path = directory / f"town_{seed}.safetensors"
-        if not path.exists():
+        if path.exists():
+            _check_settings(path, settings)
+        else:
             tensors = render(int(seed))
             partial = path.with_suffix(".partial")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
-                      metadata={"format": format, "seed": str(seed)})
+                      metadata={"format": format, "seed": str(seed), "settings": recorded})
             partial.rename(path)  # a shard appears whole or not at all
         paths.append(path)
     return paths
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """Refuse to reuse the shard ``path`` unless it was rendered with ``settings``."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises several types for corrupt files
+        raise ValueError(f"{path} is unreadable ({error}); delete it to re-render") from error
+    if "settings" not in metadata:
+        raise ValueError(f"{path} does not record the settings it was rendered with (an older shard); delete it "
+                         f"to re-render, or render into another directory")
+    before = json.loads(metadata["settings"])
+    now = json.loads(json.dumps(settings))  # tuples as lists, as recorded
+    differ = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+              if before.get(key) != now.get(key)}
+    if differ:
+        changes = ", ".join(f"{key}: {old!r} there, {new!r} asked" for key, (old, new) in differ.items())
+        raise ValueError(f"{path} was rendered with other settings ({changes}); render into another directory "
+                         f"or delete it to re-render")
 
 
 def read_town_shards(paths, what: str, config_name: str, keys=None) -> dict[str, torch.Tensor]:

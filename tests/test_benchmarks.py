@@ -37,6 +37,23 @@ def test_train_throughput_compares_the_ways_to_vectorise_and_records_the_machine
     assert report["machine"]["cores"] >= 1
 
 
+def test_render_benchmark_times_each_antialias_and_measures_its_aliasing(tmp_path):
+    out = tmp_path / "render.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "render.py"), "--frames", "2", "--antialias", "1", "3",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {(row["antialias"], row["size"], row["batch"]) for row in report["results"]} == {
+        (rays, size, batch) for rays in (1, 3) for size in (64, 128, 256) for batch in (1, 16)}
+    assert all(row["frames_per_s"] > 0 for row in report["results"])
+    for size in (64, 128):  # one centre ray per pixel is further from a camera-like frame, and busier
+        point, smooth = (next(row for row in report["aliasing"] if (row["size"], row["antialias"]) == (size, rays))
+                         for rays in (1, 3))
+        assert smooth["psnr_vs_reference"] > point["psnr_vs_reference"]
+        assert point["laplacian_variance_ratio"] > smooth["laplacian_variance_ratio"] > 0
+
+
 def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_path):
     out, plot = tmp_path / "fidelity.json", tmp_path / "horizon.png"
     command = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--maps", "town:1000001", "--size", "32",
@@ -62,6 +79,9 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     assert ceiling["psnr_seen"] > max(memories["latent"]["psnr_seen"], memories["none"]["psnr_seen"])
     assert ceiling["warped_psnr_seen"] > ceiling["psnr_seen"]  # the autoencoder loses detail
     assert 5 < ceiling["latent_warp_psnr_seen"] < ceiling["warped_psnr_seen"]
+    autoencoder = route["autoencoder"]  # the true frames through it: closer than any rollout
+    assert autoencoder["psnr"] > max(memory["psnr"] for memory in memories.values()) + 3
+    assert 0 < autoencoder["sharpness_ratio"] < 1.5 and 0 < autoencoder["ssim"] <= 1
     assert plot.stat().st_size > 10_000
     assert (tmp_path / "ceilings.png").stat().st_size > 10_000
 

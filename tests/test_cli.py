@@ -74,3 +74,28 @@ def test_play_scripted_and_keyboard(tmp_path):
     # Any env setting goes through `+env_settings.<name>=...`; a misspelt one fails with a hint.
     typo = subprocess.run([*common, "+env_settings.speed_limt_mps=5"], capture_output=True, text=True, timeout=300)
     assert typo.returncode != 0 and "Did you mean 'speed_limit_mps'" in typo.stderr
+
+
+def test_train_world_model_reproduce_command_round_trips():
+    """The model card's reproduce command lists every setting that differs from the config file
+    (values Hydra reads back as they were: null, booleans, lists), so composing it again gives
+    the same config."""
+    from hydra import compose, initialize_config_module
+
+    from mirage_env.cli import _overrides
+
+    given = ["data.size=32", "generator.rollout_start=400", "generator.rollout_steps=4",
+             "generator.noise_augmentation_max=0.5", "decoder.channels=null", "generator_student.steps=3",
+             "generator_student.block_out_channels=[16,32,48]", "ship=true",
+             "+generator_student.rollout_start=2"]
+    with initialize_config_module(config_module="configs", version_base=None):
+        cfg = compose(config_name="train_world_model", overrides=given)
+        listed = _overrides(cfg)
+        again = compose(config_name="train_world_model", overrides=[f"{k}={v}" for k, v in listed])
+        defaults = _overrides(compose(config_name="train_world_model"))
+    assert again == cfg
+    keys = [key for key, _ in listed]
+    assert keys[:4] == ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps"]
+    assert set(keys[4:]) == {override.split("=")[0] for override in given}
+    assert dict(listed)["decoder.channels"] == "null" and dict(listed)["ship"] == "true"
+    assert [key for key, _ in defaults] == keys[:4]  # the config file's own settings: nothing else

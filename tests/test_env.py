@@ -160,6 +160,30 @@ def test_seeded_reset_and_step_are_deterministic(renderer, bend_map):
     assert len(routes) > 1, "different seeds should draw different routes"
 
 
+def test_antialias_smooths_ground_truth_frames_and_changes_nothing_else(bend_map):
+    """``antialias`` averages rays over each pixel of the ground-truth frames (start frames
+    included); the episode (route, motion, rewards) is the same."""
+    def rollout(**kwargs):
+        env = make("MirageDrive-v0", bend_map, renderer="ground_truth", **kwargs)
+        obs, _ = env.reset(seed=1)
+        frames, rewards = [obs["rgb"]], []
+        for _ in range(5):
+            obs, reward, _, _, _ = env.step(np.array([0.1, 0.5], np.float32))
+            frames.append(obs["rgb"])
+            rewards.append(reward)
+        return np.stack(frames).astype(np.float32), rewards, obs["route"]
+
+    point, smooth = rollout(), rollout(antialias=3)
+    assert point[1] == smooth[1] and np.array_equal(point[2], smooth[2])
+    assert not np.array_equal(point[0], smooth[0])
+    assert np.abs(point[0] - smooth[0]).mean() < 10  # the same views, only their edges and detail differ
+
+    def busy(frames):  # high-frequency energy: mean squared difference of neighbouring pixels
+        return np.square(np.diff(frames, axis=2)).mean() + np.square(np.diff(frames, axis=1)).mean()
+
+    assert busy(smooth[0]) < 0.8 * busy(point[0])
+
+
 # ---------------------------------------------------------------------- rewards and episode ends
 def test_expert_completes_the_route_with_positive_progress_and_no_infractions(bend_map):
     env = make("MirageDrive-v0", bend_map, **BEND_ROUTE)
@@ -462,6 +486,8 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageWorld-v0", bend_map, world_model_reencode=1.5)
     with pytest.raises(ValueError, match="world_model_precision.*bfloat16"):
         make("MirageWorld-v0", bend_map, world_model_precision="half")
+    with pytest.raises(ValueError, match="antialias.*positive integer"):
+        make("MirageDrive-v0", bend_map, antialias=0)
 
 
 def test_missing_maps_raise_file_not_found(bend_map, tmp_path):

@@ -323,6 +323,7 @@ def test_train_world_model_command_smoke(tmp_path):
     assert saved["decoder_channels"] == [16, 8]  # the distilled decoder is the one saved
     card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     assert "decoder.channels=[16,8]" in card and "generator_student.block_out_channels=[16,32,48]" in card
+    assert "data.size=32" in card and "generator.batch_size=2" in card  # every setting, not a chosen few
     saved = json.loads((tmp_path / "run" / "model" / "generator" / "config.json").read_text())
     assert saved["block_out_channels"] == [16, 32, 48]  # the distilled generator is the one saved
     # Continued with other settings, the card lists both commands, in order, to reproduce it.
@@ -332,3 +333,27 @@ def test_train_world_model_command_smoke(tmp_path):
     card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     first, second = card.index("generator.steps=4 "), card.index("generator.steps=6 ")
     assert first < second < card.index("generator.memory_window=2") and "run these in order" in card
+
+
+def test_shards_are_reused_only_with_the_settings_they_were_rendered_with(tmp_path):
+    from safetensors.torch import save_file
+
+    from mirage_env.world_model_data import write_town_shards
+
+    renders = []
+
+    def render(seed: int) -> dict:
+        renders.append(seed)
+        return {"rgb": torch.full((1, 2), seed, dtype=torch.uint8), "K": torch.eye(3)}
+
+    settings = {"size": 32, "antialias": 1}
+    first = write_town_shards(tmp_path, [3, 4], render, "test/1", "rendering", settings)
+    again = write_town_shards(tmp_path, [3, 4, 5], render, "test/1", "rendering", dict(settings))
+    assert again[:2] == first and renders == [3, 4, 5]  # existing shards reused, the new one rendered
+    with pytest.raises(ValueError, match=r"town_3\.safetensors was rendered with other settings \(antialias: 1 there, "
+                                         r"3 asked\)"):
+        write_town_shards(tmp_path, [3], render, "test/1", "rendering", {**settings, "antialias": 3})
+    save_file({"K": torch.eye(3)}, str(tmp_path / "town_6.safetensors"), metadata={"format": "test/1"})
+    with pytest.raises(ValueError, match="does not record the settings"):
+        write_town_shards(tmp_path, [6], render, "test/1", "rendering", settings)
+    assert renders == [3, 4, 5]  # nothing was overwritten

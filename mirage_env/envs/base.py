@@ -97,7 +97,7 @@ class MirageEnv(gym.Env[Observation, np.ndarray]):
         return hits
 
     def _make_scenario(self, config: EnvConfig) -> Scenario:
-        assets = load_map_assets(config.map, config.scene_seed, config.device)
+        assets = load_map_assets(config.map, config.scene_seed, config.device, config.antialias)
         route = plan_scenario_route(
             assets.road_map, self.np_random, config.route_start, config.route_goal,
             config.route_min_length_m, config.route_max_length_m,

@@ -62,6 +62,11 @@ class EnvConfig:
     # batch 1; see world_model.tiny_backbone.TinyBackbone.
     world_model_precision: str = "float32"
     device: str = "cpu"  # torch device that renders
+    # Colour rays per pixel side of the ground-truth renderer (start frames and ground_truth
+    # frames): 1 is one ray through each pixel centre, which aliases (stair-step edges, sub-pixel
+    # detail as noise); 2 or 3 average rays over each pixel's area, as a camera does, at about
+    # 2.5x / 3.5x the rendering time (benchmarks/render.py). The shipped world model was trained on 1.
+    antialias: int = 1
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
     fov_deg: float = CameraMount.fov_deg  # [deg] horizontal field of view
@@ -113,7 +118,7 @@ class EnvConfig:
         require(self.frames_per_step == 1 or not (self.traffic_vehicles or self.traffic_pedestrians),
                 f"traffic is inserted into one frame per step: use frames_per_step=1 with traffic_vehicles or "
                 f"traffic_pedestrians, got frames_per_step={self.frames_per_step!r}")
-        for name in ("width", "height", "route_points", "max_steps", "render_size", "frames_per_step"):
+        for name in ("width", "height", "route_points", "max_steps", "render_size", "frames_per_step", "antialias"):
             value = getattr(self, name)
             require(
                 isinstance(value, (int, np.integer)) and value > 0,
