@@ -64,8 +64,8 @@ class EnvConfig:
     device: str = "cpu"  # torch device that renders
     # Colour rays per pixel side of the ground-truth renderer (start frames and ground_truth
     # frames): 1 is one ray through each pixel centre, which aliases (stair-step edges, sub-pixel
-    # detail as noise); 2 or 3 average rays over each pixel's area, as a camera does, at about
-    # 2.5x / 3.5x the rendering time (benchmarks/render.py). The shipped world model was trained on 1.
+    # detail as noise); 2 or 3 average rays over each pixel's area, as a camera does, at 2.7x /
+    # 3.6x the rendering time at 64 px (benchmarks/render.py). The shipped world model was trained on 1.
     antialias: int = 1
     width: int = 64  # [px] observation width
     height: int = 64  # [px] observation height
