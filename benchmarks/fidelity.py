@@ -23,8 +23,8 @@ Reported per memory, over all frames and over the second lap (the revisits):
 - revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
   (within 0.5 m and 5 deg), generated vs generated;
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
-  beside it, per route, the true frames through the autoencoder (``autoencoder``: PSNR, SSIM,
-  sharpness), which caps what any generator of its latents shows;
+  beside it, per route, the true frames encoded and decoded (``autoencoder``: PSNR, SSIM,
+  sharpness), how the truth itself looks through the backbone's autoencoder;
 - milliseconds per generated frame;
 - how long a rollout tracks the truth: whole-frame PSNR by time since the start frame
   (``psnr_by_horizon``, in windows of seconds), beside a trivial baseline that shows the start
