@@ -486,8 +486,9 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageWorld-v0", bend_map, world_model_reencode=1.5)
     with pytest.raises(ValueError, match="world_model_precision.*bfloat16"):
         make("MirageWorld-v0", bend_map, world_model_precision="half")
-    with pytest.raises(ValueError, match="antialias.*positive integer"):
-        make("MirageDrive-v0", bend_map, antialias=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="antialias.*positive integer"):
+            make("MirageDrive-v0", bend_map, antialias=bad)
 
 
 def test_missing_maps_raise_file_not_found(bend_map, tmp_path):

@@ -121,7 +121,7 @@ class EnvConfig:
         for name in ("width", "height", "route_points", "max_steps", "render_size", "frames_per_step", "antialias"):
             value = getattr(self, name)
             require(
-                isinstance(value, (int, np.integer)) and value > 0,
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0,
                 f"`{name}` must be a positive integer, got {value!r}",
             )
         require(
