@@ -45,7 +45,7 @@ def planar_pose(transform: carla.Transform) -> tuple[float, float, float]:
     """Our ``(x, y, yaw)`` [m, m, rad] of a libcarla transform, as plain floats (for loops over
     many waypoints, where numpy's per-call cost dominates)."""
     location = transform.location
-    return location.x, -location.y, -math.radians(transform.rotation.yaw)
+    return location.x, -location.y, rotation_to_world(transform.rotation)[0]
 
 
 def transform_to_world(transform: carla.Transform) -> tuple[np.ndarray, float]:

@@ -251,12 +251,10 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
     defaults = _flat(OmegaConf.to_container(OmegaConf.load(files("configs") / "train_world_model.yaml")))
     settings = _flat(OmegaConf.to_container(cfg))
     always = ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps"]
-    changed = [key for key, value in settings.items() if key not in always and defaults.get(key, _UNSET) != value]
+    changed = [key for key, value in settings.items()
+               if key not in always and (key not in defaults or defaults[key] != value)]
     # A key the file does not have was added with Hydra's "+".
     return [(key if key in defaults else f"+{key}", _hydra_value(settings[key])) for key in always + changed]
-
-
-_UNSET = object()
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:

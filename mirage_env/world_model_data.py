@@ -136,7 +136,7 @@ def write_town_shards(directory: str | Path, seeds, render, format: str, desc: s
     for seed in tqdm(list(seeds), desc=desc, unit="town"):
         path = directory / f"town_{seed}.safetensors"
         if path.exists():
-            _check_settings(path, settings)
+            _check_settings(path, recorded)
         else:
             tensors = render(int(seed))
             partial = path.with_suffix(".partial")
@@ -147,8 +147,9 @@ def write_town_shards(directory: str | Path, seeds, render, format: str, desc: s
     return paths
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    """Refuse to reuse the shard ``path`` unless it was rendered with ``settings``."""
+def _check_settings(path: Path, recorded: str) -> None:
+    """Refuse to reuse the shard ``path`` unless it was rendered with the settings ``recorded``
+    (as JSON)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -157,8 +158,7 @@ def _check_settings(path: Path, settings: dict) -> None:
     if "settings" not in metadata:
         raise ValueError(f"{path} does not record the settings it was rendered with (an older shard); delete it "
                          f"to re-render, or render into another directory")
-    before = json.loads(metadata["settings"])
-    now = json.loads(json.dumps(settings))  # tuples as lists, as recorded
+    before, now = json.loads(metadata["settings"]), json.loads(recorded)
     differ = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
               if before.get(key) != now.get(key)}
     if differ:
