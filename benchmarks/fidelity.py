@@ -36,7 +36,7 @@ the PSNR-over-time curve ``docs/fidelity_horizon.png`` and the ceilings beside t
 frames on frames with seen pixels ``docs/fidelity_ceilings.png``, all of the first route.
 
     python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3]
-                                  [--reencode 0.25] [--min-confidence 0.5] [--unsure-depth-penalty 0]
+                                  [--reencode 0.25] [--anchor 0.5] [--min-confidence 0.5] [--unsure-depth-penalty 0]
                                   [--antialias 1]
                                   [--precision float32]
 """
@@ -203,7 +203,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     for memory in args.memories:
         runs, seed_curves = [], []
         for draw in range(args.seeds):  # long rollouts are chaotic: average over noise seeds
-            config = WorldModelConfig(memory=memory, reencode=args.reencode,
+            config = WorldModelConfig(memory=memory, reencode=args.reencode, anchor=args.anchor,
                                       cache=LatentCacheConfig(min_confidence=args.min_confidence,
                                                               unsure_depth_penalty=args.unsure_depth_penalty))
             metrics, frames, frame_psnr = _rollout(backbone, config, seed * 1000 + draw, truth, truth_rgb, poses, K,
@@ -344,6 +344,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="noise seeds per route and memory (metrics are means)")
     parser.add_argument("--reencode", type=float, default=WorldModelConfig.reencode,
                         help="weight of re-encoded frames in memory and context (see world_model.world_model)")
+    parser.add_argument("--anchor", type=float, default=WorldModelConfig.anchor,
+                        help="pull of the start frame's read on generated latents (see world_model.world_model)")
     parser.add_argument("--min-confidence", type=float, default=LatentCacheConfig.min_confidence,
                         help="the latent cache's min_confidence (see world_model.latent_cache)")
     parser.add_argument("--unsure-depth-penalty", type=float, default=LatentCacheConfig.unsure_depth_penalty,
@@ -392,6 +394,7 @@ def main() -> None:
         "model": args.model or "shipped default",
         "image_size": args.size,
         "reencode": args.reencode,
+        "anchor": args.anchor,
         "min_confidence": args.min_confidence,
         "unsure_depth_penalty": args.unsure_depth_penalty,
         "antialias": args.antialias,

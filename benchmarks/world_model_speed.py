@@ -3,15 +3,16 @@
 The expert drives a Town01 route; the world model starts from its first ground-truth frame and
 renders the later poses one at a time with the latent cache and the road layout, exactly as
 ``MirageDrive-v0`` does, at batch 1 and with 16 copies of the drive (each with its own memory and
-noise) batched in one call, as the batched vector env renders. Each ``--model`` and
-``--precision`` (the backbone's float32 or bfloat16 networks) runs in the same process one after
-another, so they compare side by side. Reported per model, precision, size and batch: frames/s
-and milliseconds per step in the memory read, the generator, the decoder, the re-encoding of the
-frames shown, the depth head and the memory write (the rest is the layout and the loop). The
-issue's target is 30 frames/s at 128 px, batch 1.
+noise) batched in one call, as the batched vector env renders. Each ``--model``, ``--precision``
+(the backbone's float32 or bfloat16 networks) and ``--anchor`` (the pull toward the start frame,
+which costs a read of its own memory) runs in the same process one after another, so they compare
+side by side. Reported per model, precision, anchor, size and batch: frames/s and milliseconds
+per step in the memory read, the observed frames' read (``anchor``), the generator, the decoder,
+the re-encoding of the frames shown, the depth head and the memory write (the rest is the layout
+and the loop). The issue's target is 30 frames/s at 128 px, batch 1.
 
-    python benchmarks/world_model_speed.py [--model DIR ...] [--precision float32 bfloat16] [--sizes 64 128]
-                                           [--batches 1 16] [--steps 150]
+    python benchmarks/world_model_speed.py [--model DIR ...] [--precision float32 bfloat16] [--anchor 0 0.5]
+                                           [--sizes 64 128] [--batches 1 16] [--steps 150]
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from mirage_env.scenario import load_map_assets
 from mirage_env.vehicle import CameraMount
 from world_model.pretrained import load_default_backbone
 from world_model.backbone import PRECISIONS
-from world_model.world_model import WorldModel
+from world_model.world_model import WorldModel, WorldModelConfig
 
-STAGES = {"memory read": ("memory", "read"), "generator": ("backbone", "generate"),
+STAGES = {"memory read": ("memory", "read"), "anchor read": ("observed", "read"), "generator": ("backbone", "generate"),
           "decoder": ("backbone", "decode"), "re-encode": ("backbone", "encode"),
           "depth head": ("backbone", "estimate_depth"), "memory write": ("memory", "write")}
 
@@ -41,6 +42,8 @@ def timed_stages(model: WorldModel) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
     for stage, (owner, method) in STAGES.items():
         target = getattr(model, owner)
+        if target is None:  # no observed frames' memory without an anchor
+            continue
         original = getattr(target, method)
 
         def wrapper(*args, _original=original, _stage=stage, **kwargs):
@@ -53,9 +56,10 @@ def timed_stages(model: WorldModel) -> dict[str, float]:
     return seconds
 
 
-def measure(model_path: str | None, precision: str, size: int, batch: int, steps: int, assets, poses, K) -> dict:
+def measure(model_path: str | None, precision: str, anchor: float, size: int, batch: int, steps: int, assets, poses,
+            K) -> dict:
     backbone = load_default_backbone(model_path, precision=precision)
-    model = WorldModel(backbone, num_envs=batch)
+    model = WorldModel(backbone, num_envs=batch, config=WorldModelConfig(anchor=anchor))
     start = assets.renderer.render(poses[:1], K[:1], size, size)  # the env's start frame, with depth
     model.reset(start.rgb.expand(batch, -1, -1, -1), K[:1].expand(batch, 3, 3), poses[:1].expand(batch, 4, 4),
                 depth=start.depth.expand(batch, -1, -1, -1))
@@ -81,6 +85,8 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", default=[None], help="model folders (default: the shipped model)")
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                         help="precisions of the backbone's networks to compare")
+    parser.add_argument("--anchor", type=float, nargs="+", default=[WorldModelConfig.anchor],
+                        help="anchor weights to compare (see world_model.world_model; 0: no observed frames' read)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="[px] square frames generated")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="drives rendered per call")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement (after 5 warm-up)")
@@ -93,7 +99,7 @@ def main() -> None:
     route = assets.road_map.random_route(np.random.default_rng(0), 200.0)
     report: dict = {"benchmark": "world_model_speed", "threads": torch.get_num_threads(), "route_m": round(route.length),
                     "runs": []}
-    print(f"{'model':34}{'precision':>10}{'px':>5}{'batch':>6}{'frames/s':>10}{'ms/step':>9}  split (ms/step)")
+    print(f"{'model':34}{'precision':>10}{'anchor':>7}{'px':>5}{'batch':>6}{'frames/s':>10}{'ms/step':>9}  split (ms/step)")
     for size in args.sizes:
         mount = CameraMount(width=size, height=size)
         poses = mount.poses(drive_route(route, mount).ego)
@@ -101,12 +107,14 @@ def main() -> None:
         for batch in args.batches:
             for model_path in args.model:
                 for precision in args.precision:
-                    run = {"model": model_path or "shipped", "precision": precision, "size": size, "batch": batch,
-                           **measure(model_path, precision, size, batch, args.steps, assets, poses, K)}
-                    report["runs"].append(run)
-                    split = "  ".join(f"{stage} {ms}" for stage, ms in run["ms_per_step_by_stage"].items())
-                    print(f"{run['model'][-34:]:34}{precision:>10}{size:>5}{batch:>6}{run['frames_per_second']:>10}"
-                          f"{run['ms_per_step']:>9}  {split}", flush=True)
+                    for anchor in args.anchor:
+                        run = {"model": model_path or "shipped", "precision": precision, "anchor": anchor,
+                               "size": size, "batch": batch,
+                               **measure(model_path, precision, anchor, size, batch, args.steps, assets, poses, K)}
+                        report["runs"].append(run)
+                        split = "  ".join(f"{stage} {ms}" for stage, ms in run["ms_per_step_by_stage"].items())
+                        print(f"{run['model'][-34:]:34}{precision:>10}{anchor:>7}{size:>5}{batch:>6}"
+                              f"{run['frames_per_second']:>10}{run['ms_per_step']:>9}  {split}", flush=True)
     write_report(report, args.out)
 
 

@@ -12,14 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_world_model_speed_compares_precisions_and_records_the_machine(tmp_path):
     out = tmp_path / "speed.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "world_model_speed.py"), "--steps", "2", "--sizes", "32",
-               "--batches", "2", "--precision", "float32", "bfloat16", "--out", str(out)]
+               "--batches", "2", "--precision", "float32", "bfloat16", "--anchor", "0", "0.5", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [run["precision"] for run in report["runs"]] == ["float32", "bfloat16"]
+    assert [(run["precision"], run["anchor"]) for run in report["runs"]] == [
+        ("float32", 0.0), ("float32", 0.5), ("bfloat16", 0.0), ("bfloat16", 0.5)]
     for run in report["runs"]:
         assert run["size"] == 32 and run["batch"] == 2 and run["frames_per_second"] > 0
         assert run["ms_per_step_by_stage"]["generator"] > 0
+        # Only an anchor reads the observed frames' memory.
+        assert (run["ms_per_step_by_stage"]["anchor read"] > 0) == (run["anchor"] > 0)
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"] and "cpu_features" in report["machine"]
 
 

@@ -484,6 +484,9 @@ def test_bad_options_and_kwargs_raise(bend_map):
         make("MirageWorld-v0", bend_map, memory="voxels")
     with pytest.raises(ValueError, match=r"world_model_reencode.*\[0, 1\]"):
         make("MirageWorld-v0", bend_map, world_model_reencode=1.5)
+    for bad in (-0.1, True, "0.5"):
+        with pytest.raises(ValueError, match=r"world_model_anchor.*\[0, 1\]"):
+            make("MirageWorld-v0", bend_map, world_model_anchor=bad)
     with pytest.raises(ValueError, match="world_model_precision.*bfloat16"):
         make("MirageWorld-v0", bend_map, world_model_precision="half")
     for bad in (0, True, 2.0):

@@ -124,8 +124,8 @@ def test_rollout_worlds_continue_from_the_frames_they_are_given(clips):
     encoded = encode_clips(autoencoder, clips)
     backbone = TinyBackbone(autoencoder, generator)
     worlds = RolloutWorlds(clips, encoded, backbone, 4, torch.Generator().manual_seed(3), longest=2)
-    reencode = worlds.world.config.reencode
-    seen_restart = seen_continue = False
+    reencode, anchor = worlds.world.config.reencode, worlds.world.config.anchor
+    seen_restart = seen_continue = seen_anchor = False
     for _ in range(4):
         _, target, _ = worlds.targets()
         predicted = torch.randn_like(target)
@@ -133,15 +133,20 @@ def test_rollout_worlds_continue_from_the_frames_they_are_given(clips):
         worlds.advance(predicted)
         context = worlds.targets()[0].context[:, -1]
         for i in range(4):
-            if left[i] > 1:  # goes on from the frame it was given
+            if left[i] > 1:  # goes on from the frame it was given, pulled toward its start frame
                 seen_continue = True
-                kept = torch.lerp(predicted[i : i + 1], backbone.encode(backbone.decode(predicted[i : i + 1])), reencode)
+                pose = clips["cam_to_world"][worlds.clip[i], worlds.frame[i]][None]
+                start = worlds.world.observed.read(pose, worlds.K[:1], tuple(clips["rgb"].shape[2:4]), cache_ids=[i])
+                seen_anchor |= bool(start.valid.any())
+                shown = torch.where(start.valid, torch.lerp(predicted[i : i + 1], start.latents, anchor),
+                                    predicted[i : i + 1])
+                kept = torch.lerp(shown, backbone.encode(backbone.decode(shown)), reencode)
                 assert worlds.frame[i] == frame[i] + 1 and torch.allclose(context[i], kept[0], atol=1e-5)
             else:  # starts again from a clip frame, encoded
                 seen_restart = True
                 truth = encoded["latents"][worlds.clip[i], worlds.frame[i]].float()
                 assert torch.allclose(context[i], truth, atol=1e-2) and 1 <= worlds.left[i] <= 2
-    assert seen_restart and seen_continue
+    assert seen_restart and seen_continue and seen_anchor
     with pytest.raises(ValueError, match="`latents` must be"):
         worlds.world.observe(torch.zeros(4, 3, 8, 8), clips["cam_to_world"][0, :4], clips["K"][None].expand(4, 3, 3))
 

@@ -95,7 +95,7 @@ def test_chunks_pass_their_last_frame_on_as_context(reencode):
         return latents
 
     backbone.generate = recording
-    model = WorldModel(backbone, config=WorldModelConfig(chunk_length=2, reencode=reencode))
+    model = WorldModel(backbone, config=WorldModelConfig(chunk_length=2, reencode=reencode, anchor=0.0))
     model.reset(rgb, K, pose, depth=depth)
     out = model.render(forward_poses(1, 5), K, generator=torch.Generator().manual_seed(0))
     assert out.rgb.shape[1] == 5
@@ -107,6 +107,41 @@ def test_chunks_pass_their_last_frame_on_as_context(reencode):
         shown = backbone.encode(backbone.decode(generated))
         assert not torch.allclose(shown, generated, atol=1e-2)
         assert torch.allclose(contexts[chunk][0, -1:], torch.lerp(generated, shown, reencode), atol=1e-5)
+
+
+@pytest.mark.parametrize("anchor", [0.0, 0.5, 1.0])
+def test_generated_latents_are_pulled_toward_the_observed_frame(anchor):
+    rgb, depth, K, pose = street_start()
+    backbone = tiny_backbone()
+    generated, shown = [], []
+    generate, decode = backbone.generate, backbone.decode
+    backbone.generate = lambda conditioning, generator=None: generated.append(generate(conditioning, generator)) or generated[-1]
+    backbone.decode = lambda latents: shown.append(latents) or decode(latents)
+    model = WorldModel(backbone, config=WorldModelConfig(anchor=anchor))
+    model.reset(rgb, K, pose, depth=depth)
+    observed = model.memory.latent.clone()
+    model.render(torch.stack([pose, forward_poses(1, 1)[:, 0]], 1), K, depth=depth[:, None].expand(-1, 2, -1, -1, -1),
+                 generator=torch.Generator().manual_seed(0))
+    if anchor == 0:
+        assert model.observed is None and torch.equal(shown[0], generated[0])
+        return
+    # Back at the start pose the start frame saw every cell below the sky: there the frame shown
+    # moves `anchor` of the way from the generated latents to the start frame's own (kept in float16).
+    start = backbone.encode(torch.as_tensor(rgb).permute(0, 3, 1, 2).float() / 255).half().float()
+    ground = torch.zeros_like(start, dtype=torch.bool)
+    ground[..., SIZE // 4 // 4 :, :] = True
+    assert not torch.allclose(generated[0], start, atol=1e-2)
+    expected = torch.where(ground, torch.lerp(generated[0], start, anchor), generated[0])
+    assert torch.allclose(shown[0], expected, atol=1e-5)
+    # The observed memory keeps the start frame alone; generated frames go to the shared memory.
+    assert torch.equal(model.observed.latent, observed) and not torch.equal(model.memory.latent, observed)
+
+
+def test_no_memory_has_nothing_to_anchor_to():
+    model = WorldModel(tiny_backbone(), config=WorldModelConfig(memory="none", anchor=1.0))
+    assert model.observed is None
+    with pytest.raises(ValueError, match=r"anchor must be in \[0, 1\]"):
+        WorldModelConfig(anchor=1.5)
 
 
 @pytest.mark.parametrize("memory", ["latent", "pixel", "none"])
@@ -311,8 +346,9 @@ def test_env_frames_from_a_world_model_folder(tmp_path):
 
     path = tiny_backbone().save_pretrained(tmp_path / "model")
     env = gym.make("MirageWorld-v0", renderer="world_model", world_model_path=str(path), width=32, height=32,
-                   world_model_reencode=0.5, world_model_precision="bfloat16")
+                   world_model_reencode=0.5, world_model_anchor=0.25, world_model_precision="bfloat16")
     assert env.unwrapped.frames.model.config.reencode == 0.5
+    assert env.unwrapped.frames.model.config.anchor == 0.25
     assert env.unwrapped.frames.model.backbone.precision == "bfloat16"
     start = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     observations = []

@@ -17,6 +17,14 @@ frames for new poses, a chunk of ``chunk_length`` poses at a time:
    those tokens) and write the chunk back into the memory;
 6. its last frames become the next chunk's context.
 
+Between 2 and 3, the generated latents are pulled toward what was observed (``anchor``): the
+frames given to ``reset`` are also kept in a memory of their own (the same kind as ``memory``),
+and where its read has a token, the generated latent moves that far toward it. The generator
+copies its memory read only in part (on the pixels the start frame saw, decoding the read
+itself matches the truth better than the generated frame does), and in the shared memory
+tokens of generated frames, lifted with the depth head's guesses, can hide observed ones; the
+observed memory's read has neither problem. It adds one memory read per step.
+
 Re-encoding keeps long rollouts on the latents the encoder makes, which are what the generator
 was trained on. Without it the generator's small errors in latent space are fed back every
 step and grow there unchecked by the decoder: on a Town01 loop the road was gone within 100
@@ -60,14 +68,16 @@ class WorldModelConfig:
     cache: LatentCacheConfig = field(default_factory=LatentCacheConfig)  # downsample is set from the backbone
     max_range_m: float = 100.0  # [m] the pixel baseline's range (the cache's is in `cache`)
     reencode: float = 0.25  # weight of encode(decode(generated)) in the latents kept (0: none, 1: only it)
+    anchor: float = 0.5  # weight of the observed frames' read in generated latents where it has a token (0: off)
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORIES:
             raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
         if self.chunk_length < 1:
             raise ValueError(f"chunk_length must be >= 1, got {self.chunk_length}")
-        if not 0.0 <= self.reencode <= 1.0:
-            raise ValueError(f"reencode must be in [0, 1], got {self.reencode}")
+        for name in ("reencode", "anchor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -98,19 +108,22 @@ class WorldModel:
         self.depth_model = depth_model
         self.device = torch.device(getattr(backbone, "device", "cpu"))
         self.context_frames = getattr(backbone, "context_frames", 1)
-        channels, downsample = backbone.latent_channels, backbone.downsample
-        cfg = self.config
-        if cfg.memory == "latent":
-            cache_config = LatentCacheConfig(**{**cfg.cache.__dict__, "downsample": downsample})
-            self.memory = LatentCache(num_envs, channels, cache_config, device=self.device)
-        elif cfg.memory == "pixel":
-            self.memory = PixelMemory(num_envs, backbone.encode, downsample, cfg.max_range_m, device=self.device)
-        else:
-            self.memory = None
+        self.memory = self._new_memory()
+        # The frames given to `reset` alone, for `config.anchor`.
+        self.observed = self._new_memory() if self.config.anchor else None
         self.context: torch.Tensor | None = None  # (num_envs, N, C, h, w) latest generated latents
         self.context_pose: torch.Tensor | None = None  # (num_envs, 4, 4) pose of the latest one
         self.image_size: tuple[int, int] | None = None
         self.started = torch.zeros(num_envs, dtype=torch.bool)
+
+    def _new_memory(self) -> LatentCache | PixelMemory | None:
+        cfg, channels, downsample = self.config, self.backbone.latent_channels, self.backbone.downsample
+        if cfg.memory == "latent":
+            cache_config = LatentCacheConfig(**{**cfg.cache.__dict__, "downsample": downsample})
+            return LatentCache(self.num_envs, channels, cache_config, device=self.device)
+        if cfg.memory == "pixel":
+            return PixelMemory(self.num_envs, self.backbone.encode, downsample, cfg.max_range_m, device=self.device)
+        return None
 
     # ------------------------------------------------------------------ reset
     @torch.no_grad()
@@ -128,15 +141,16 @@ class WorldModel:
         if self.image_size not in (None, size):
             raise ValueError(f"all environments share one image size {self.image_size}, got {size}")
         self.image_size = size
-        if self.memory is not None:
-            self.memory.clear(ids.to(self.memory.device))
+        for memory in (self.memory, self.observed):
+            if memory is not None:
+                memory.clear(ids.to(memory.device))
         latents = self.backbone.encode(images.to(self.device))
         if self.context is None:
             self.context = torch.zeros(self.num_envs, self.context_frames, *latents.shape[1:], device=self.device)
             self.context_pose = torch.eye(4, device=self.device).repeat(self.num_envs, 1, 1)
         self.context[ids] = latents[:, None].expand(-1, self.context_frames, -1, -1, -1)
         self.context_pose[ids] = cam_to_world.to(self.device, torch.float32)
-        self._write(latents, images, K, cam_to_world, depth, dynamic, ids)
+        self._write(latents, images, K, cam_to_world, depth, dynamic, ids, observed=True)
         self.started[ids.cpu()] = True
 
     # ------------------------------------------------------------------ render
@@ -178,7 +192,8 @@ class WorldModel:
         batch, steps = poses.shape[:2]
         conditioning = self._conditioning(poses.reshape(-1, 4, 4), K.repeat_interleave(steps, dim=0), layout, ids,
                                           steps)
-        latents = self.backbone.generate(conditioning, generator)
+        latents = self._anchor(self.backbone.generate(conditioning, generator), poses.reshape(-1, 4, 4),
+                               K.repeat_interleave(steps, dim=0), ids.repeat_interleave(steps))
         rgb, token_depth = self._commit(latents, poses, K, dynamic, depth, ids)
         grid = latents.shape[-2:]
         return rgb, token_depth, conditioning.memory.valid.view(batch, steps, 1, *grid)
@@ -207,9 +222,9 @@ class WorldModel:
     @torch.no_grad()
     def observe(self, latents: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, env_ids=None) -> None:
         """Take ``latents`` (B, C, h, w), generated elsewhere for poses ``cam_to_world`` (B, 4, 4),
-        as the next frames of environments ``env_ids``: decoded, lifted into the memory and made
-        the context, exactly as ``render`` does with its own. Training rolls out the generator
-        it is training this way, without generating twice."""
+        as the next frames of environments ``env_ids``: pulled toward the observed frames,
+        decoded, lifted into the memory and made the context, exactly as ``render`` does with its
+        own. Training rolls out the generator it is training this way, without generating twice."""
         check_intrinsics(K, cam_to_world.shape[0])
         check_poses(cam_to_world)
         ids = self._env_ids(env_ids, cam_to_world.shape[0])
@@ -218,8 +233,8 @@ class WorldModel:
         expected = (cam_to_world.shape[0], *self.context.shape[2:])
         if tuple(latents.shape) != expected:
             raise ValueError(f"`latents` must be {expected}, got {tuple(latents.shape)}")
-        self._commit(latents.detach().to(self.device), cam_to_world[:, None].to(self.device, torch.float32),
-                     K.to(self.device, torch.float32), None, None, ids)
+        poses, K = cam_to_world.to(self.device, torch.float32), K.to(self.device, torch.float32)
+        self._commit(self._anchor(latents.detach().to(self.device), poses, K, ids), poses[:, None], K, None, None, ids)
 
     @torch.no_grad()
     def conditioning(self, cam_to_world: torch.Tensor, K: torch.Tensor, layout: torch.Tensor | None = None,
@@ -257,8 +272,18 @@ class WorldModel:
             )
         return self.memory.read(poses, K, self.image_size, cache_ids=ids.to(self.memory.device))
 
-    def _write(self, latents, images, K, cam_to_world, depth, dynamic, ids) -> torch.Tensor:
-        """Write frames into the memory; returns the per-token depth used (B, 1, h, w)."""
+    def _anchor(self, latents: torch.Tensor, poses: torch.Tensor, K: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Generated ``latents`` (N, C, h, w) for ``poses`` (N, 4, 4) moved ``config.anchor`` of
+        the way toward the observed frames' read where it has a token (see the module doc)."""
+        if self.observed is None:
+            return latents
+        read = self.observed.read(poses, K, self.image_size, cache_ids=ids.to(self.observed.device))
+        pulled = torch.lerp(latents, read.latents.to(latents.device, latents.dtype), self.config.anchor)
+        return torch.where(read.valid.to(latents.device), pulled, latents)
+
+    def _write(self, latents, images, K, cam_to_world, depth, dynamic, ids, observed: bool = False) -> torch.Tensor:
+        """Write frames into the memory (and, when ``observed``, into the observed frames'
+        memory); returns the per-token depth used (B, 1, h, w)."""
         confidence = None
         if depth is not None:
             depth = depth.to(self.device, torch.float32)
@@ -275,8 +300,9 @@ class WorldModel:
             memory_depth = F.interpolate(memory_depth, size=images.shape[-2:], mode="nearest")
         frame = MemoryFrame(latents, memory_depth, K, cam_to_world.to(self.device, torch.float32), rgb=images,
                             dynamic=None if dynamic is None else dynamic.to(self.device), confidence=confidence)
-        if self.memory is not None:
-            self.memory.write(frame, cache_ids=ids.to(self.memory.device))
+        for memory in (self.memory, self.observed if observed else None):
+            if memory is not None:
+                memory.write(frame, cache_ids=ids.to(memory.device))
         grid = latents.shape[-2:]
         if depth.shape[-2:] == grid:
             return depth

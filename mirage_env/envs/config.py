@@ -28,6 +28,7 @@ OBSERVATION_MODES = ("dict", "rgb")
 RENDERERS = ("ground_truth", "world_model")
 CONSTRUCTION_ONLY = frozenset({"width", "height", "observation", "route_points", "renderer", "device", "render_size",
                                "world_model_path", "memory", "world_model_size", "world_model_reencode",
+                               "world_model_anchor",
                                "world_model_precision", "frames_per_step",
                                "traffic_vehicles", "traffic_pedestrians", "refine_assets", "refiner_path"})
 """Fields that change the observation space or the frame source: ``gym.make`` only."""
@@ -57,6 +58,9 @@ class EnvConfig:
     # keep (0 to 1; see world_model.world_model): more holds long episodes together, less keeps
     # the first seconds sharper.
     world_model_reencode: float = WorldModelConfig.reencode
+    # Pull of the start frame on generated frames where it saw the view (0 to 1; see
+    # world_model.world_model): more keeps what the start frame saw closer to it on return.
+    world_model_anchor: float = WorldModelConfig.anchor
     # "bfloat16" runs the world model's networks in bfloat16: faster batched steps (the batched
     # vector env) on CPUs with native bfloat16 (AMX / AVX-512 BF16), slower elsewhere and at
     # batch 1; see world_model.tiny_backbone.TinyBackbone.
@@ -130,8 +134,10 @@ class EnvConfig:
         )
         require(self.renderer in RENDERERS, f"`renderer` must be one of {RENDERERS}, got {self.renderer!r}")
         require(self.memory in MEMORIES, f"`memory` must be one of {MEMORIES}, got {self.memory!r}")
-        require(0.0 <= self.world_model_reencode <= 1.0,
-                f"`world_model_reencode` must be in [0, 1], got {self.world_model_reencode!r}")
+        for name in ("world_model_reencode", "world_model_anchor"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
+                    f"`{name}` must be a number in [0, 1], got {value!r}")
         require(self.world_model_precision in PRECISIONS,
                 f"`world_model_precision` must be one of {PRECISIONS}, got {self.world_model_precision!r}")
         require(isinstance(self.world_model_size, (int, np.integer)) and self.world_model_size >= 16

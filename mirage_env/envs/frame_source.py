@@ -93,19 +93,20 @@ class WorldModelFrames:
     size, by default) and frames are resized to the observation size; a map scenario's road layout conditions it
     (rasterised from the map at each pose, see :mod:`mirage_env.layout`). Each slot's samples
     come from its own ``torch.Generator``, seeded at reset, so episodes are reproducible.
-    ``memory`` and ``reencode`` (None: the default) are :class:`world_model.world_model.WorldModelConfig`'s,
+    ``memory``, ``reencode`` and ``anchor`` (None: the default) are :class:`world_model.world_model.WorldModelConfig`'s,
     ``precision`` :class:`world_model.tiny_backbone.TinyBackbone`'s.
     """
 
     def __init__(self, height: int, width: int, slots: int = 1, model_path: str | None = None,
                  memory: str = "latent", device: str = "cpu", model_size: int = 128, reencode: float | None = None,
-                 precision: str = "float32"):
+                 precision: str = "float32", anchor: float | None = None):
         from world_model.pretrained import load_default_backbone
         from world_model.world_model import WorldModel, WorldModelConfig
 
         self.height, self.width, self.model_size = height, width, model_size
         backbone = load_default_backbone(model_path, device, precision)
-        config = WorldModelConfig(memory=memory) if reencode is None else WorldModelConfig(memory=memory, reencode=reencode)
+        given = {name: value for name, value in (("reencode", reencode), ("anchor", anchor)) if value is not None}
+        config = WorldModelConfig(memory=memory, **given)
         self.model = WorldModel(backbone, num_envs=slots, config=config)
         self._layouts: dict[int, LayoutRasteriser | None] = {}
         self._generators: dict[int, torch.Generator] = {}
@@ -194,5 +195,5 @@ def make_frame_source(config, slots: int = 1) -> FrameSource:
     if config.renderer == "world_model":
         return WorldModelFrames(config.height, config.width, slots, config.world_model_path, config.memory,
                                 config.device, config.world_model_size, config.world_model_reencode,
-                                config.world_model_precision)
+                                config.world_model_precision, config.world_model_anchor)
     raise ValueError(f"unknown renderer {config.renderer!r}; choose 'ground_truth' or 'world_model'")
