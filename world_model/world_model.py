@@ -19,11 +19,11 @@ frames for new poses, a chunk of ``chunk_length`` poses at a time:
 
 Between 2 and 3, the generated latents are pulled toward what was observed (``anchor``): the
 frames given to ``reset`` are also kept in a memory of their own (the same kind as ``memory``),
-and where its read has a token, the generated latent moves that far toward it. The generator
-copies its memory read only in part (on the pixels the start frame saw, decoding the read
-itself matches the truth better than the generated frame does), and in the shared memory
-tokens of generated frames, lifted with the depth head's guesses, can hide observed ones; the
-observed memory's read has neither problem. It adds one memory read per step.
+and where its read has a token, the generated latent moves the ``anchor`` share of the way to
+it. The generator copies its memory read only in part (on the pixels the start frame saw,
+decoding the read itself matches the truth better than the generated frame does), and in the
+shared memory tokens of generated frames, lifted with the depth head's guesses, can hide
+observed ones; the observed memory's read has neither problem. It adds one memory read per step.
 
 Re-encoding keeps long rollouts on the latents the encoder makes, which are what the generator
 was trained on. Without it the generator's small errors in latent space are fed back every
