@@ -239,9 +239,13 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
 def reconstruction_metrics(reconstructed: torch.Tensor, truth_rgb: torch.Tensor) -> dict[str, float]:
     """The true frames through the autoencoder against the truth: PSNR, SSIM and the sharpness
     ratio (each a mean over frames, as for the memories), what generated latents are seen through."""
-    sharpness = laplacian_variance(reconstructed) / laplacian_variance(truth_rgb).clamp(min=1e-8)
     return {"psnr": float(psnr(reconstructed, truth_rgb).mean()), "ssim": float(ssim(reconstructed, truth_rgb).mean()),
-            "sharpness_ratio": float(sharpness.mean())}
+            "sharpness_ratio": float(sharpness_ratio(reconstructed, truth_rgb).mean())}
+
+
+def sharpness_ratio(frames: torch.Tensor, truth_rgb: torch.Tensor) -> torch.Tensor:
+    """Per frame, the variance of the Laplacian of ``frames`` over that of the truth (1 = as sharp)."""
+    return laplacian_variance(frames) / laplacian_variance(truth_rgb).clamp(min=1e-8)
 
 
 def by_horizon(frame_psnr: np.ndarray, seconds: np.ndarray) -> dict[str, float | None]:
@@ -312,7 +316,7 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
     frame_psnr, frame_ssim = psnr(rgb, truth_rgb), ssim(rgb, truth_rgb)
     covered_psnr, covered_ssim = psnr(rgb, truth_rgb, covered), ssim(rgb, truth_rgb, covered)
     seen_psnr, seen_ssim = psnr(rgb, truth_rgb, seen), ssim(rgb, truth_rgb, seen)
-    sharpness = laplacian_variance(rgb) / laplacian_variance(truth_rgb).clamp(min=1e-8)
+    sharpness = sharpness_ratio(rgb, truth_rgb)
     consistency = [float(psnr(rgb[a : a + 1], rgb[b : b + 1])) for a, b in pairs]
     metrics = {
         "psnr": float(frame_psnr[later].mean()),

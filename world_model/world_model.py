@@ -190,10 +190,10 @@ class WorldModel:
 
     def _render_chunk(self, poses, K, layout, dynamic, depth, generator, ids) -> tuple[torch.Tensor, ...]:
         batch, steps = poses.shape[:2]
-        conditioning = self._conditioning(poses.reshape(-1, 4, 4), K.repeat_interleave(steps, dim=0), layout, ids,
-                                          steps)
-        latents = self._anchor(self.backbone.generate(conditioning, generator), poses.reshape(-1, 4, 4),
-                               K.repeat_interleave(steps, dim=0), ids.repeat_interleave(steps))
+        flat_poses, flat_K = poses.reshape(-1, 4, 4), K.repeat_interleave(steps, dim=0)
+        conditioning = self._conditioning(flat_poses, flat_K, layout, ids, steps)
+        latents = self._anchor(self.backbone.generate(conditioning, generator), flat_poses, flat_K,
+                               ids.repeat_interleave(steps))
         rgb, token_depth = self._commit(latents, poses, K, dynamic, depth, ids)
         grid = latents.shape[-2:]
         return rgb, token_depth, conditioning.memory.valid.view(batch, steps, 1, *grid)
