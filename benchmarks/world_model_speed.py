@@ -5,11 +5,11 @@ renders the later poses one at a time with the latent cache and the road layout,
 ``MirageDrive-v0`` does, at batch 1 and with 16 copies of the drive (each with its own memory and
 noise) batched in one call, as the batched vector env renders. Each ``--model``, ``--precision``
 (the backbone's float32 or bfloat16 networks) and ``--anchor`` (the pull toward the start frame,
-which costs a read of its own memory) runs in the same process one after another, so they compare
-side by side. Reported per model, precision, anchor, size and batch: frames/s and milliseconds
-per step in the memory read, the observed frames' read (``anchor``), the generator, the decoder,
-the re-encoding of the frames shown, the depth head and the memory write (the rest is the layout
-and the loop). The issue's target is 30 frames/s at 128 px, batch 1.
+whose caches are read in the same call as the shared ones) runs in the same process one after
+another, so they compare side by side. Reported per model, precision, anchor, size and batch:
+frames/s and milliseconds per step in the memory read, the generator, the decoder, the
+re-encoding of the frames shown, the depth head and the memory write (the rest is the layout,
+the pull and the loop). The issue's target is 30 frames/s at 128 px, batch 1.
 
     python benchmarks/world_model_speed.py [--model DIR ...] [--precision float32 bfloat16] [--anchor 0 0.5]
                                            [--sizes 64 128] [--batches 1 16] [--steps 150]
@@ -32,7 +32,7 @@ from world_model.pretrained import load_default_backbone
 from world_model.backbone import PRECISIONS
 from world_model.world_model import WorldModel, WorldModelConfig
 
-STAGES = {"memory read": ("memory", "read"), "anchor read": ("observed", "read"), "generator": ("backbone", "generate"),
+STAGES = {"memory read": ("memory", "read"), "generator": ("backbone", "generate"),
           "decoder": ("backbone", "decode"), "re-encode": ("backbone", "encode"),
           "depth head": ("backbone", "estimate_depth"), "memory write": ("memory", "write")}
 
@@ -42,8 +42,6 @@ def timed_stages(model: WorldModel) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
     for stage, (owner, method) in STAGES.items():
         target = getattr(model, owner)
-        if target is None:  # no observed frames' memory without an anchor
-            continue
         original = getattr(target, method)
 
         def wrapper(*args, _original=original, _stage=stage, **kwargs):
@@ -86,7 +84,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                         help="precisions of the backbone's networks to compare")
     parser.add_argument("--anchor", type=float, nargs="+", default=[WorldModelConfig.anchor],
-                        help="anchor weights to compare (see world_model.world_model; 0: no observed frames' read)")
+                        help="anchor weights to compare (see world_model.world_model; 0: no pull)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="[px] square frames generated")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="drives rendered per call")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement (after 5 warm-up)")

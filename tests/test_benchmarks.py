@@ -20,9 +20,7 @@ def test_world_model_speed_compares_precisions_and_records_the_machine(tmp_path)
         ("float32", 0.0), ("float32", 0.5), ("bfloat16", 0.0), ("bfloat16", 0.5)]
     for run in report["runs"]:
         assert run["size"] == 32 and run["batch"] == 2 and run["frames_per_second"] > 0
-        assert run["ms_per_step_by_stage"]["generator"] > 0
-        # Only an anchor reads the observed frames' memory.
-        assert (run["ms_per_step_by_stage"]["anchor read"] > 0) == (run["anchor"] > 0)
+        assert run["ms_per_step_by_stage"]["generator"] > 0 and run["ms_per_step_by_stage"]["memory read"] > 0
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"] and "cpu_features" in report["machine"]
 
 

@@ -136,7 +136,8 @@ def test_rollout_worlds_continue_from_the_frames_they_are_given(clips):
             if left[i] > 1:  # goes on from the frame it was given, pulled toward its start frame
                 seen_continue = True
                 pose = clips["cam_to_world"][worlds.clip[i], worlds.frame[i]][None]
-                start = worlds.world.observed.read(pose, worlds.K[:1], tuple(clips["rgb"].shape[2:4]), cache_ids=[i])
+                start = worlds.world.memory.read(pose, worlds.K[:1], tuple(clips["rgb"].shape[2:4]),
+                                                 cache_ids=worlds.world.observed_ids([i]))
                 seen_anchor |= bool(start.valid.any())
                 shown = torch.where(start.valid, torch.lerp(predicted[i : i + 1], start.latents, anchor),
                                     predicted[i : i + 1])

@@ -38,19 +38,26 @@ def forward_poses(batch: int, steps: int, step_m: float = 0.5) -> torch.Tensor:
     return poses[None].expand(batch, -1, -1, -1)
 
 
+def shared_tokens(model: WorldModel) -> int:
+    """Tokens in the envs' shared caches (not the observed frames' caches an anchor adds)."""
+    return sum(model.memory.count(i) for i in range(model.num_envs))
+
+
 def test_render_shapes_and_memory_growth():
     rgb, depth, K, pose = street_start(2)
     model = WorldModel(tiny_backbone(), num_envs=2)
     model.reset(rgb, K, pose, depth=depth)
-    tokens_after_reset = len(model.memory)
+    tokens_after_reset = shared_tokens(model)
     grid = SIZE // 4
-    # The start frame's sky rows are filtered; everything else is stored.
-    assert tokens_after_reset == 2 * (grid - grid // 4) * grid
+    # The start frame's sky rows are filtered; everything else is stored, and kept apart once
+    # more for the anchor.
+    assert tokens_after_reset == 2 * (grid - grid // 4) * grid == len(model.memory) // 2
     out = model.render(forward_poses(2, 3), K, generator=torch.Generator().manual_seed(0))
     assert out.rgb.shape == (2, 3, SIZE, SIZE, 3) and out.rgb.dtype == torch.uint8
     assert out.depth.shape == out.valid.shape == (2, 3, 1, grid, grid)
     assert out.valid[:, 0].any()  # the start frame is seen again from 0.5 m ahead
-    assert len(model.memory) >= tokens_after_reset
+    assert shared_tokens(model) >= tokens_after_reset
+    assert len(model.memory) - shared_tokens(model) == tokens_after_reset  # the observed frames' caches do not grow
 
 
 def test_render_is_deterministic_under_a_generator():
@@ -74,11 +81,11 @@ def test_dynamic_tokens_are_never_written():
     dynamic[..., SIZE // 2 :, :] = True  # a moving thing on the bottom half
     model.reset(rgb, K, pose, depth=depth, dynamic=dynamic)
     grid = SIZE // 4
-    assert len(model.memory) == (grid // 2 - grid // 4) * grid
-    before = len(model.memory)
+    assert shared_tokens(model) == (grid // 2 - grid // 4) * grid
+    before = shared_tokens(model)
     all_dynamic = torch.ones(1, 2, 1, SIZE, SIZE, dtype=torch.bool)
     model.render(forward_poses(1, 2), K, dynamic=all_dynamic, depth=torch.full((1, 2, 1, SIZE, SIZE), 8.0))
-    assert len(model.memory) == before  # every write filters, not only the first frame
+    assert shared_tokens(model) == before  # every write filters, not only the first frame
 
 
 @pytest.mark.parametrize("reencode", [0.0, 0.25, 1.0])
@@ -119,11 +126,13 @@ def test_generated_latents_are_pulled_toward_the_observed_frame(anchor):
     backbone.decode = lambda latents: shown.append(latents) or decode(latents)
     model = WorldModel(backbone, config=WorldModelConfig(anchor=anchor))
     model.reset(rgb, K, pose, depth=depth)
-    observed = model.memory.latent.clone()
+    observed = model.memory.latent[model.memory.cache == 1].clone()  # env 0's observed frames' cache
+    shared = model.memory.latent[model.memory.cache == 0].clone()
+    assert anchor == 0 or torch.equal(observed, shared)
     model.render(torch.stack([pose, forward_poses(1, 1)[:, 0]], 1), K, depth=depth[:, None].expand(-1, 2, -1, -1, -1),
                  generator=torch.Generator().manual_seed(0))
     if anchor == 0:
-        assert model.observed is None and torch.equal(shown[0], generated[0])
+        assert not model.anchored and model.memory.num_caches == 1 and torch.equal(shown[0], generated[0])
         return
     # Back at the start pose the start frame saw every cell below the sky: there the frame shown
     # moves `anchor` of the way from the generated latents to the start frame's own (kept in float16).
@@ -133,13 +142,16 @@ def test_generated_latents_are_pulled_toward_the_observed_frame(anchor):
     assert not torch.allclose(generated[0], start, atol=1e-2)
     expected = torch.where(ground, torch.lerp(generated[0], start, anchor), generated[0])
     assert torch.allclose(shown[0], expected, atol=1e-5)
-    # The observed memory keeps the start frame alone; generated frames go to the shared memory.
-    assert torch.equal(model.observed.latent, observed) and not torch.equal(model.memory.latent, observed)
+    # The observed frames' cache keeps the start frame alone; generated frames go to the shared one.
+    assert torch.equal(model.memory.latent[model.memory.cache == 1], observed)
+    assert not torch.equal(model.memory.latent[model.memory.cache == 0], shared)
 
 
 def test_no_memory_has_nothing_to_anchor_to():
     model = WorldModel(tiny_backbone(), config=WorldModelConfig(memory="none", anchor=1.0))
-    assert model.observed is None
+    assert not model.anchored
+    with pytest.raises(ValueError, match="observed frames"):
+        model.observed_ids([0])
     with pytest.raises(ValueError, match=r"anchor must be in \[0, 1\]"):
         WorldModelConfig(anchor=1.5)
 

@@ -18,12 +18,14 @@ frames for new poses, a chunk of ``chunk_length`` poses at a time:
 6. its last frames become the next chunk's context.
 
 Between 2 and 3, the generated latents are pulled toward what was observed (``anchor``): the
-frames given to ``reset`` are also kept in a memory of their own (the same kind as ``memory``),
-and where its read has a token, the generated latent moves the ``anchor`` share of the way to
-it. The generator copies its memory read only in part (on the pixels the start frame saw,
-decoding the read itself matches the truth better than the generated frame does), and in the
-shared memory tokens of generated frames, lifted with the depth head's guesses, can hide
-observed ones; the observed memory's read has neither problem. It adds one memory read per step.
+frames given to ``reset`` are also kept on their own (in caches ``num_envs`` to ``2 num_envs - 1``
+of the same memory: env ``i``'s is cache ``num_envs + i``), and where their read has a token, the
+generated latent moves the ``anchor`` share of the way to it. The generator copies its memory
+read only in part (on the pixels the start frame saw, decoding the read itself matches the
+truth better than the generated frame does), and in the shared caches tokens of generated
+frames, lifted with the depth head's guesses, can hide observed ones; the observed frames' read
+has neither problem. It is made in the same call as the shared read, for twice the views: a
+read's cost is mostly per call at batch 1, so the anchor adds little to a step.
 
 Re-encoding keeps long rollouts on the latents the encoder makes, which are what the generator
 was trained on. Without it the generator's small errors in latent space are fed back every
@@ -108,22 +110,29 @@ class WorldModel:
         self.depth_model = depth_model
         self.device = torch.device(getattr(backbone, "device", "cpu"))
         self.context_frames = getattr(backbone, "context_frames", 1)
-        self.memory = self._new_memory()
-        # The frames given to `reset` alone, for `config.anchor`.
-        self.observed = self._new_memory() if self.config.anchor else None
+        # With an anchor, caches [num_envs, 2 num_envs) hold the frames given to `reset` alone.
+        self.anchored = self.config.memory != "none" and self.config.anchor > 0
+        self.memory = self._new_memory(num_envs * (2 if self.anchored else 1))
         self.context: torch.Tensor | None = None  # (num_envs, N, C, h, w) latest generated latents
         self.context_pose: torch.Tensor | None = None  # (num_envs, 4, 4) pose of the latest one
         self.image_size: tuple[int, int] | None = None
         self.started = torch.zeros(num_envs, dtype=torch.bool)
 
-    def _new_memory(self) -> LatentCache | PixelMemory | None:
+    def _new_memory(self, caches: int) -> LatentCache | PixelMemory | None:
         cfg, channels, downsample = self.config, self.backbone.latent_channels, self.backbone.downsample
         if cfg.memory == "latent":
             cache_config = LatentCacheConfig(**{**cfg.cache.__dict__, "downsample": downsample})
-            return LatentCache(self.num_envs, channels, cache_config, device=self.device)
+            return LatentCache(caches, channels, cache_config, device=self.device)
         if cfg.memory == "pixel":
-            return PixelMemory(self.num_envs, self.backbone.encode, downsample, cfg.max_range_m, device=self.device)
+            return PixelMemory(caches, self.backbone.encode, downsample, cfg.max_range_m, device=self.device)
         return None
+
+    def observed_ids(self, env_ids) -> torch.Tensor:
+        """The memory's cache ids that hold only the frames given to ``reset`` of ``env_ids`` (with
+        an anchor; see the module doc)."""
+        if not self.anchored:
+            raise ValueError("only a world model with an anchor and a memory keeps the observed frames apart")
+        return torch.as_tensor(env_ids, dtype=torch.long, device=self.device).view(-1) + self.num_envs
 
     # ------------------------------------------------------------------ reset
     @torch.no_grad()
@@ -141,9 +150,8 @@ class WorldModel:
         if self.image_size not in (None, size):
             raise ValueError(f"all environments share one image size {self.image_size}, got {size}")
         self.image_size = size
-        for memory in (self.memory, self.observed):
-            if memory is not None:
-                memory.clear(ids.to(memory.device))
+        if self.memory is not None:
+            self.memory.clear(torch.cat([ids, self.observed_ids(ids)] if self.anchored else [ids]).to(self.memory.device))
         latents = self.backbone.encode(images.to(self.device))
         if self.context is None:
             self.context = torch.zeros(self.num_envs, self.context_frames, *latents.shape[1:], device=self.device)
@@ -191,9 +199,8 @@ class WorldModel:
     def _render_chunk(self, poses, K, layout, dynamic, depth, generator, ids) -> tuple[torch.Tensor, ...]:
         batch, steps = poses.shape[:2]
         flat_poses, flat_K = poses.reshape(-1, 4, 4), K.repeat_interleave(steps, dim=0)
-        conditioning = self._conditioning(flat_poses, flat_K, layout, ids, steps)
-        latents = self._anchor(self.backbone.generate(conditioning, generator), flat_poses, flat_K,
-                               ids.repeat_interleave(steps))
+        conditioning, observed = self._conditioning(flat_poses, flat_K, layout, ids, steps, self.anchored)
+        latents = self._anchor(self.backbone.generate(conditioning, generator), observed)
         rgb, token_depth = self._commit(latents, poses, K, dynamic, depth, ids)
         grid = latents.shape[-2:]
         return rgb, token_depth, conditioning.memory.valid.view(batch, steps, 1, *grid)
@@ -234,7 +241,8 @@ class WorldModel:
         if tuple(latents.shape) != expected:
             raise ValueError(f"`latents` must be {expected}, got {tuple(latents.shape)}")
         poses, K = cam_to_world.to(self.device, torch.float32), K.to(self.device, torch.float32)
-        self._commit(self._anchor(latents.detach().to(self.device), poses, K, ids), poses[:, None], K, None, None, ids)
+        observed = self._read(poses, K, self.observed_ids(ids)) if self.anchored else None
+        self._commit(self._anchor(latents.detach().to(self.device), observed), poses[:, None], K, None, None, ids)
 
     @torch.no_grad()
     def conditioning(self, cam_to_world: torch.Tensor, K: torch.Tensor, layout: torch.Tensor | None = None,
@@ -249,19 +257,33 @@ class WorldModel:
         if not self.started[ids.cpu()].all():
             raise RuntimeError(f"reset environments {ids[~self.started[ids.cpu()]].tolist()} first")
         return self._conditioning(cam_to_world.to(self.device, torch.float32), K.to(self.device, torch.float32),
-                                  None if layout is None else layout[:, None], ids, 1)
+                                  None if layout is None else layout[:, None], ids, 1)[0]
 
-    def _conditioning(self, flat_poses, flat_K, layout, ids, steps: int) -> Conditioning:
-        """Conditioning of ``steps`` consecutive poses per environment (flattened B * steps)."""
-        return Conditioning(
-            memory=self._read(flat_poses, flat_K, ids.repeat_interleave(steps)),
+    def _conditioning(self, flat_poses, flat_K, layout, ids, steps: int,
+                      observed: bool = False) -> tuple[Conditioning, MemoryRead | None]:
+        """Conditioning of ``steps`` consecutive poses per environment (flattened B * steps) and,
+        when ``observed``, the observed frames' read at those poses, made in the same call."""
+        flat_ids = ids.repeat_interleave(steps)
+        observed_read = None
+        if observed:
+            count = len(flat_ids)
+            both = self._read(flat_poses.repeat(2, 1, 1), flat_K.repeat(2, 1, 1),
+                              torch.cat([flat_ids, self.observed_ids(flat_ids)]))
+            shared, observed_read = (MemoryRead(both.latents[half], both.valid[half], both.depth[half])
+                                     for half in (slice(None, count), slice(count, None)))
+        else:
+            shared = self._read(flat_poses, flat_K, flat_ids)
+        conditioning = Conditioning(
+            memory=shared,
             context=self.context[ids],
             motion=relative_motion(self.context_pose[ids].repeat_interleave(steps, dim=0), flat_poses),
             layout=None if layout is None else layout.reshape(-1, *layout.shape[2:]).to(self.device),
         )
+        return conditioning, observed_read
 
     # ------------------------------------------------------------------ memory
     def _read(self, poses: torch.Tensor, K: torch.Tensor, ids: torch.Tensor) -> MemoryRead:
+        """The memory's caches ``ids`` read at ``poses`` (an empty read without a memory)."""
         if self.memory is None:
             grid = (self.image_size[0] // self.backbone.downsample, self.image_size[1] // self.backbone.downsample)
             shape = (poses.shape[0], 1, *grid)
@@ -272,18 +294,17 @@ class WorldModel:
             )
         return self.memory.read(poses, K, self.image_size, cache_ids=ids.to(self.memory.device))
 
-    def _anchor(self, latents: torch.Tensor, poses: torch.Tensor, K: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Generated ``latents`` (N, C, h, w) for ``poses`` (N, 4, 4) moved ``config.anchor`` of
-        the way toward the observed frames' read where it has a token (see the module doc)."""
-        if self.observed is None:
+    def _anchor(self, latents: torch.Tensor, read: MemoryRead | None) -> torch.Tensor:
+        """Generated ``latents`` (N, C, h, w) moved ``config.anchor`` of the way toward the
+        observed frames' ``read`` at their poses where it has a token (see the module doc)."""
+        if read is None:
             return latents
-        read = self.observed.read(poses, K, self.image_size, cache_ids=ids.to(self.observed.device))
         pulled = torch.lerp(latents, read.latents.to(latents.device, latents.dtype), self.config.anchor)
         return torch.where(read.valid.to(latents.device), pulled, latents)
 
     def _write(self, latents, images, K, cam_to_world, depth, dynamic, ids, observed: bool = False) -> torch.Tensor:
-        """Write frames into the memory (and, when ``observed``, into the observed frames'
-        memory); returns the per-token depth used (B, 1, h, w)."""
+        """Write frames into the memory (and, when ``observed`` and anchored, into the observed
+        frames' caches too); returns the per-token depth used (B, 1, h, w)."""
         confidence = None
         if depth is not None:
             depth = depth.to(self.device, torch.float32)
@@ -300,9 +321,10 @@ class WorldModel:
             memory_depth = F.interpolate(memory_depth, size=images.shape[-2:], mode="nearest")
         frame = MemoryFrame(latents, memory_depth, K, cam_to_world.to(self.device, torch.float32), rgb=images,
                             dynamic=None if dynamic is None else dynamic.to(self.device), confidence=confidence)
-        for memory in (self.memory, self.observed if observed else None):
-            if memory is not None:
-                memory.write(frame, cache_ids=ids.to(memory.device))
+        if self.memory is not None:
+            self.memory.write(frame, cache_ids=ids.to(self.memory.device))
+            if observed and self.anchored:
+                self.memory.write(frame, cache_ids=self.observed_ids(ids).to(self.memory.device))
         grid = latents.shape[-2:]
         if depth.shape[-2:] == grid:
             return depth
