@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from world_model.camera import camera_points, check_intrinsics, check_poses, invert_pose, scale_intrinsics
@@ -593,25 +594,27 @@ def _patch_axes(points: torch.Tensor, depth: torch.Tensor, footprint: torch.Tens
     (valid depth within a factor of 2); across an edge or at the border, the camera's own axis
     scaled to half the fronto-parallel footprint.
     """
+    height, width = depth.shape[-2:]
+    # Zero padding stands for "no neighbour" past the border (depth 0 is no surface). The four
+    # neighbours are stacked as (axis: columns, rows; side: ahead (+1), behind (-1)).
+    padded_points = F.pad(points, (0, 0, 1, 1, 1, 1))
+    padded_depth = F.pad(depth[:, 0], (1, 1, 1, 1))
+    shifts = (((1, 2), (1, 0)), ((2, 1), (0, 1)))  # (row, column) offsets into the padding
+
+    def neighbours(padded: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.stack([padded[:, r : r + height, c : c + width] for r, c in axis]) for axis in shifts],
+                           dim=1)  # (2 sides, 2 axes, B, h, w, ...)
+
+    other_points, other_depth = neighbours(padded_points), neighbours(padded_depth)
     depth = depth[:, 0]
-    axes = []
-    for dim, camera_axis in ((2, 0), (1, 1)):  # columns (image x), rows (image y)
-        fallback = torch.zeros_like(points)
-        fallback[..., camera_axis] = footprint[:, 0] / 2
-        steps = []
-        for shift in (-1, 1):  # neighbour at +1 (after rolling by -1) and at -1
-            other_points = torch.roll(points, shift, dims=dim)
-            other_depth = torch.roll(depth, shift, dims=dim)
-            same = (other_depth > 0) & ((depth - other_depth).abs() < torch.minimum(depth, other_depth))
-            edge = [slice(None)] * 3
-            edge[dim] = -1 if shift < 0 else 0  # torch.roll wraps: no neighbour past the border
-            same[tuple(edge)] = False
-            steps.append((torch.where(same[..., None], other_points - points, torch.zeros_like(points)), same))
-        (ahead, has_ahead), (behind, has_behind) = steps
-        both = has_ahead & has_behind
-        half = torch.where(both[..., None], (ahead - behind) / 4, (ahead - behind) / 2)
-        axes.append(torch.where((has_ahead | has_behind)[..., None], half, fallback))
-    return torch.stack(axes, dim=-2)
+    same = (other_depth > 0) & ((depth - other_depth).abs() < torch.minimum(depth, other_depth))
+    step = torch.where(same[..., None], other_points - points, torch.zeros_like(points))
+    (ahead, behind), (has_ahead, has_behind) = step, same
+    half = torch.where((has_ahead & has_behind)[..., None], (ahead - behind) / 4, (ahead - behind) / 2)
+    fallback = torch.zeros_like(half)  # (2 axes, B, h, w, 3): the camera's x for columns, y for rows
+    fallback[0, ..., 0] = fallback[1, ..., 1] = footprint[:, 0] / 2
+    axes = torch.where((has_ahead | has_behind)[..., None], half, fallback)
+    return axes.permute(1, 2, 3, 0, 4)
 
 
 def _fit_patch_to_cell(points: torch.Tensor, axes: torch.Tensor, K_latent: torch.Tensor) -> torch.Tensor:
@@ -619,17 +622,13 @@ def _fit_patch_to_cell(points: torch.Tensor, axes: torch.Tensor, K_latent: torch
     both in the writing camera's frame, so that, seen from that camera, the patch stays inside
     the token's own cell: a read from the same pose then shows every stored token in its own
     cell and nowhere else."""
-    fx, fy = K_latent[:, 0, 0].view(-1, 1, 1), K_latent[:, 1, 1].view(-1, 1, 1)
-    u0 = fx * points[..., 0] / points[..., 2].clamp(min=_NEAR_M)
-    v0 = fy * points[..., 1] / points[..., 2].clamp(min=_NEAR_M)
-    fitted = []
-    for axis in range(2):
-        reach = torch.zeros_like(u0)
-        for sign in (1.0, -1.0):
-            corner = points + sign * axes[..., axis, :]
-            z = corner[..., 2].clamp(min=_NEAR_M)
-            reach = torch.maximum(reach, (fx * corner[..., 0] / z - u0).abs())
-            reach = torch.maximum(reach, (fy * corner[..., 1] / z - v0).abs())
-        scale = (0.49 / reach.clamp(min=1e-9)).clamp(max=1.0)
-        fitted.append(axes[..., axis, :] * scale[..., None])
-    return torch.stack(fitted, dim=-2)
+    fx, fy = K_latent[:, 0, 0].view(-1, 1, 1, 1, 1), K_latent[:, 1, 1].view(-1, 1, 1, 1, 1)
+    centre = points[..., None, None, :]  # (B, h, w, 1, 1, 3)
+    u0 = fx * centre[..., 0] / centre[..., 2].clamp(min=_NEAR_M)
+    v0 = fy * centre[..., 1] / centre[..., 2].clamp(min=_NEAR_M)
+    # Both ends of each half-axis: (B, h, w, 2 axes, 2 signs, 3).
+    corner = centre + torch.tensor([1.0, -1.0], device=axes.device).view(1, 2, 1) * axes[..., None, :]
+    z = corner[..., 2].clamp(min=_NEAR_M)
+    reach = torch.maximum((fx * corner[..., 0] / z - u0).abs(), (fy * corner[..., 1] / z - v0).abs()).amax(dim=-1)
+    scale = (0.49 / reach.clamp(min=1e-9)).clamp(max=1.0)
+    return axes * scale[..., None]
