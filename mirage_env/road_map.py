@@ -113,20 +113,26 @@ class Route:
         within ``window_m`` of it are considered: a route that passes the same place twice (a
         loop driven again) is then tracked by progress instead of jumping back."""
         xy = np.asarray(xy, dtype=np.float64)[:2]
-        start = self.points[:-1]
-        segment = self.points[1:] - start
-        length_sq = np.maximum(self.segment_length**2, 1e-12)
+        first, last = 0, len(self.segment_length)
+        if near_s is not None:
+            # The segments that reach into the window, [first, last): they are consecutive, and
+            # the search looks at them alone (an env step's cost on long routes).
+            first = int(np.searchsorted(self.cumulative_s[1:], near_s + window_m[0], side="left"))
+            last = int(np.searchsorted(self.cumulative_s[:-1], near_s + window_m[1], side="right"))
+            if first >= last:  # no segment within the window: the first segment, as an all-infinite argmin gives
+                first, last = 0, 1
+        start = self.points[first:last]
+        segment = self.points[first + 1 : last + 1] - start
+        length_sq = np.maximum(self.segment_length[first:last] ** 2, 1e-12)
         t = np.clip(((xy - start) * segment).sum(1) / length_sq, 0.0, 1.0)
         closest = start + segment * t[:, None]
         distance = np.linalg.norm(closest - xy, axis=1)
-        if near_s is not None:
-            outside = (self.cumulative_s[1:] < near_s + window_m[0]) | (self.cumulative_s[:-1] > near_s + window_m[1])
-            distance[outside] = np.inf
-        index = int(np.argmin(distance))
-        offset = xy - closest[index]
-        direction = segment[index] / max(self.segment_length[index], 1e-9)
+        nearest = int(np.argmin(distance))
+        index = first + nearest
+        offset = xy - closest[nearest]
+        direction = segment[nearest] / max(self.segment_length[index], 1e-9)
         lateral = direction[0] * offset[1] - direction[1] * offset[0]
-        s = self.cumulative_s[index] + t[index] * self.segment_length[index]
+        s = self.cumulative_s[index] + t[nearest] * self.segment_length[index]
         return float(s), float(lateral), index
 
     def point_at(self, s: float | np.ndarray) -> np.ndarray:

@@ -145,3 +145,25 @@ def test_loop_route_returns_to_its_start_in_the_same_direction(town01):
     assert np.linalg.norm(route.points[0] - route.points[-1]) < 2 * GRAPH_SPACING_M
     turn = np.angle(np.exp(1j * (route.yaw[-1] - route.yaw[0])))
     assert abs(turn) < np.radians(20)  # back in the start lane's direction, not a U-turn
+
+
+def test_projection_near_progress_matches_a_search_of_the_whole_window(town01):
+    """With ``near_s`` the search looks only at the segments reaching into the window; it must
+    find what a search of every segment, those outside the window excluded, finds."""
+    route = town01.loop_route(np.random.default_rng(0), min_length_m=150.0)
+    starts, ends = route.cumulative_s[:-1], route.cumulative_s[1:]
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        xy = route.point_at(rng.uniform(0, route.length)) + rng.normal(0, 3, 2)
+        near = rng.uniform(-20, route.length + 20)
+        got = route.project(xy, near_s=near)
+        t = np.clip(((xy - route.points[:-1]) * np.diff(route.points, axis=0)).sum(1)
+                    / np.maximum(route.segment_length**2, 1e-12), 0, 1)
+        distance = np.linalg.norm(route.points[:-1] + np.diff(route.points, axis=0) * t[:, None] - xy, axis=1)
+        distance[(ends < near - 10.0) | (starts > near + 50.0)] = np.inf
+        index = int(np.argmin(distance))
+        assert got[2] == index
+        assert got[0] == pytest.approx(route.cumulative_s[index] + t[index] * route.segment_length[index], abs=1e-9)
+    # At the loop's start (and end) the same place is reached twice: progress tells them apart.
+    assert route.project(route.points[0], near_s=0.0)[0] < 1.0
+    assert route.project(route.points[0], near_s=route.length)[0] > route.length - 2 * GRAPH_SPACING_M
