@@ -147,6 +147,15 @@ def test_generated_latents_are_pulled_toward_the_observed_frame(anchor):
     assert not torch.equal(model.memory.latent[model.memory.cache == 0], shared)
 
 
+def test_too_many_environments_for_one_latent_cache_is_a_clear_error():
+    WorldModel(tiny_backbone(), num_envs=128)  # 128 shared caches and 128 of start frames
+    with pytest.raises(ValueError, match="at most 128 environments with an anchor.*anchor=0"):
+        WorldModel(tiny_backbone(), num_envs=129)
+    WorldModel(tiny_backbone(), num_envs=256, config=WorldModelConfig(anchor=0.0))
+    with pytest.raises(ValueError, match="at most 256 environments, got 257"):
+        WorldModel(tiny_backbone(), num_envs=257, config=WorldModelConfig(anchor=0.0))
+
+
 def test_no_memory_has_nothing_to_anchor_to():
     model = WorldModel(tiny_backbone(), config=WorldModelConfig(memory="none", anchor=1.0))
     assert not model.anchored

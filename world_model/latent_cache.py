@@ -77,6 +77,7 @@ _STATE = ("key", "offset", "patch", "latent", "confidence", "last_used")
 # Bits of the packed voxel key: x and y 20 each, z 11, level 4, cache id 8 (63 in all); the cache
 # id is the top field, so a token's cache is ``key >> _CACHE_SHIFT`` and needs no tensor of its own.
 _XY_BITS, _Z_BITS, _LEVEL_BITS, _CACHE_BITS = 20, 11, 4, 8
+MAX_CACHES = 2**_CACHE_BITS  # caches one LatentCache holds (the cache id's bits in the key)
 _CACHE_SHIFT = _LEVEL_BITS + 2 * _XY_BITS + _Z_BITS
 _OFFSET_STEPS = 254  # a position's offset from its voxel centre in int8 units of voxel / 254
 _PATCH_STEPS = 32  # patch half-axes in int8 units of voxel / 32 (up to ~4 voxels long)
@@ -117,8 +118,8 @@ class LatentCache:
 
     def __init__(self, num_caches: int, channels: int, config: LatentCacheConfig | None = None,
                  device: torch.device | str = "cpu"):
-        if not 1 <= num_caches <= 2**_CACHE_BITS:
-            raise ValueError(f"num_caches must be in [1, {2**_CACHE_BITS}], got {num_caches}")
+        if not 1 <= num_caches <= MAX_CACHES:
+            raise ValueError(f"num_caches must be in [1, {MAX_CACHES}], got {num_caches}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.num_caches, self.channels = num_caches, channels

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from world_model.backbone import Backbone, Conditioning
 from world_model.camera import check_intrinsics, check_poses, relative_motion
-from world_model.latent_cache import LatentCache, LatentCacheConfig
+from world_model.latent_cache import MAX_CACHES, LatentCache, LatentCacheConfig
 from world_model.memory import MemoryFrame, MemoryRead, token_depth
 from world_model.pixel_memory import PixelMemory
 
@@ -112,7 +112,13 @@ class WorldModel:
         self.context_frames = getattr(backbone, "context_frames", 1)
         # With an anchor, caches [num_envs, 2 num_envs) hold the frames given to `reset` alone.
         self.anchored = self.config.memory != "none" and self.config.anchor > 0
-        self.memory = self._new_memory(num_envs * (2 if self.anchored else 1))
+        caches_per_env = 2 if self.anchored else 1
+        if self.config.memory == "latent" and num_envs * caches_per_env > MAX_CACHES:
+            why = " with an anchor (each keeps its start frames in a cache of their own)" if self.anchored else ""
+            raise ValueError(f"one latent-cache world model renders at most {MAX_CACHES // caches_per_env} "
+                             f"environments{why}, got {num_envs}; split them over several world models (several vector envs)"
+                             + (" or set anchor=0 (the env's world_model_anchor=0)" if self.anchored else ""))
+        self.memory = self._new_memory(num_envs * caches_per_env)
         self.context: torch.Tensor | None = None  # (num_envs, N, C, h, w) latest generated latents
         self.context_pose: torch.Tensor | None = None  # (num_envs, 4, 4) pose of the latest one
         self.image_size: tuple[int, int] | None = None
