@@ -23,6 +23,8 @@ Reported per memory, over all frames and over the second lap (the revisits):
 - revisit consistency: PSNR between a second-lap frame and the first-lap frame nearest in pose
   (within 0.5 m and 5 deg), generated vs generated;
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
+- colour shift: distance between the mean colours of generated and true frames, in 8-bit levels
+  (the start frame shown again: ``colour_shift_start_frame_again`` per route);
   beside it, per route, the true frames encoded and decoded (``autoencoder``: PSNR, SSIM,
   sharpness), how the truth itself looks through the backbone's autoencoder;
 - milliseconds per generated frame;
@@ -61,7 +63,7 @@ from mirage_env.scene import dress_scene
 from mirage_env.vehicle import CameraMount
 from mirage_env.visualize import contact_sheet, write_video
 from world_model.camera import project_points, unproject_depth
-from world_model.metrics import laplacian_variance, psnr, ssim
+from world_model.metrics import colour_shift, laplacian_variance, psnr, ssim
 from world_model.latent_cache import LatentCacheConfig
 from world_model.pretrained import load_default_backbone
 from world_model.backbone import PRECISIONS
@@ -219,6 +221,8 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
                "revisit_pairs": len(pairs), "frames_with_seen": int(with_seen.sum()),
                "second_lap_frames_with_seen": int((with_seen & lap2).sum()),
                "seen_share": _masked_mean(seen_share, with_seen),
+               "colour_shift_start_frame_again": float(colour_shift(truth_rgb[:1].expand_as(truth_rgb),
+                                                                    truth_rgb)[1:].mean()),
                "seen_ceiling": {"warped_psnr_seen": _masked_mean(psnr(warped, truth_rgb, seen), with_seen),
                                 "psnr_seen": _masked_mean(psnr(ceiling, truth_rgb, seen), with_seen),
                                 "ssim_seen": _masked_mean(ssim(ceiling, truth_rgb, seen), with_seen),
@@ -237,10 +241,12 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
 
 
 def reconstruction_metrics(reconstructed: torch.Tensor, truth_rgb: torch.Tensor) -> dict[str, float]:
-    """The true frames through the autoencoder against the truth: PSNR, SSIM and the sharpness
-    ratio (each a mean over frames, as for the memories), what generated latents are seen through."""
+    """The true frames through the autoencoder against the truth: PSNR, SSIM, the sharpness ratio
+    and the colour shift (each a mean over frames, as for the memories), what generated latents
+    are seen through."""
     return {"psnr": float(psnr(reconstructed, truth_rgb).mean()), "ssim": float(ssim(reconstructed, truth_rgb).mean()),
-            "sharpness_ratio": float(sharpness_ratio(reconstructed, truth_rgb).mean())}
+            "sharpness_ratio": float(sharpness_ratio(reconstructed, truth_rgb).mean()),
+            "colour_shift": float(colour_shift(reconstructed, truth_rgb).mean())}
 
 
 def sharpness_ratio(frames: torch.Tensor, truth_rgb: torch.Tensor) -> torch.Tensor:
@@ -331,6 +337,7 @@ def _rollout(backbone, config: WorldModelConfig, seed: int, truth, truth_rgb, po
         "revisit_psnr_seen": _masked_mean(seen_psnr, with_seen & lap2),
         "revisit_consistency_psnr": float(np.mean(consistency)) if consistency else None,
         "sharpness_ratio": float(sharpness[later].mean()),
+        "colour_shift": float(colour_shift(rgb, truth_rgb)[later].mean()),
         "ms_per_frame": ms_per_frame,
     }
     return metrics, torch.cat(frames).numpy(), frame_psnr.numpy()
@@ -380,7 +387,7 @@ def main() -> None:
         return float("nan") if value is None else value
 
     keys = ("psnr", "ssim", "psnr_covered", "ssim_covered", "coverage", "psnr_seen", "ssim_seen", "revisit_psnr",
-            "revisit_psnr_seen", "revisit_consistency_psnr", "sharpness_ratio", "ms_per_frame")
+            "revisit_psnr_seen", "revisit_consistency_psnr", "sharpness_ratio", "colour_shift", "ms_per_frame")
     memories = args.memories
     overall = {memory: {key: round(mean(memory, key), 3) for key in keys} for memory in memories}
 
@@ -424,7 +431,9 @@ def main() -> None:
           f"({ceiling['warped_psnr_seen']} dB warped alone; its latents moved with true depth: "
           f"{ceiling['latent_warp_psnr_seen']} dB)")
     print(f"true frames through the autoencoder: PSNR {autoencoder['psnr']} dB, SSIM {autoencoder['ssim']}, "
-          f"sharpness {autoencoder['sharpness_ratio']}")
+          f"sharpness {autoencoder['sharpness_ratio']}, colour shift {autoencoder['colour_shift']} levels")
+    print("colour shift of the start frame shown again: "
+          + ", ".join(f"{r['map']} {r['colour_shift_start_frame_again']:.1f}" for r in routes) + " levels")
     write_report(report, args.out)
     write_video(args.video, first_video, fps=10.0 / args.stride, quality=5)  # 720 frames: 2 MB, not 10
     chosen = np.linspace(1, len(first_video) - 1, 8).round().astype(int)

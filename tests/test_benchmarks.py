@@ -83,6 +83,10 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
     autoencoder = route["autoencoder"]  # the true frames through it: closer than any rollout
     assert autoencoder["psnr"] > max(memory["psnr"] for memory in memories.values()) + 3
     assert 0 < autoencoder["sharpness_ratio"] < 1.5 and 0 < autoencoder["ssim"] <= 1
+    # Colours: the true frames through the autoencoder and the start frame shown again keep
+    # the truth's palette; rollouts drift away from it (at this size by 45 to 60 levels).
+    assert 0 < autoencoder["colour_shift"] < 20 and 0 < route["colour_shift_start_frame_again"] < 30
+    assert min(memory["colour_shift"] for memory in memories.values()) > autoencoder["colour_shift"]
     assert plot.stat().st_size > 10_000
     assert (tmp_path / "ceilings.png").stat().st_size > 10_000
 

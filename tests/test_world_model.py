@@ -6,7 +6,7 @@ import torch
 from world_model.backbone import Conditioning
 from world_model.camera import camera_pose, intrinsics_from_fov
 from world_model.memory import MemoryRead
-from world_model.metrics import laplacian_variance, psnr, ssim
+from world_model.metrics import colour_shift, laplacian_variance, psnr, ssim
 from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator, noised
 from world_model.world_model import WorldModel, WorldModelConfig
 
@@ -356,6 +356,14 @@ def test_metrics():
     half_wrong = image.clone()
     half_wrong[..., 16:] = 0
     assert (psnr(half_wrong, image, mask) > 90).all() and (psnr(half_wrong, image) < 20).all()
+    # Colour shift: the distance of mean colours in 8-bit levels, blind to where the pixels are.
+    assert torch.allclose(colour_shift(image.flip(-1).flip(-2), image), torch.zeros(2), atol=1e-3)
+    brighter = image.clamp(max=0.9) + 10 / 255
+    expected = 255 * (brighter.mean(dim=(2, 3)) - image.mean(dim=(2, 3))).norm(dim=1)
+    assert torch.allclose(colour_shift(brighter, image), expected) and (expected > 5).all()
+    warmer = image.clone()
+    warmer[:, 0] += 0.1
+    assert torch.allclose(colour_shift(warmer, image), torch.full((2,), 25.5), atol=1e-3)
 
 
 def test_env_frames_from_a_world_model_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""Image metrics of the fidelity benchmark and training: PSNR, SSIM, sharpness.
+"""Image metrics of the fidelity benchmark and training: PSNR, SSIM, sharpness, colour shift.
 
 Images are float (B, 3, H, W) in [0, 1]; an optional ``mask`` (B, 1, H, W) bool restricts a
 metric to some pixels (e.g. the ones the memory covered).
@@ -52,3 +52,11 @@ def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
                           device=images.device).view(1, 1, 3, 3)
     return F.conv2d(grey, kernel).flatten(1).var(dim=1)
+
+
+def colour_shift(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) distance between the mean colours (over all pixels) of ``prediction`` and ``target``
+    in 8-bit levels: how far a frame's overall colour and brightness have drifted, whatever its
+    detail (the start frame shown again keeps the truth's colours; drifting generated frames
+    do not)."""
+    return 255 * (prediction.mean(dim=(2, 3)) - target.mean(dim=(2, 3))).norm(dim=1)
