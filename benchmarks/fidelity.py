@@ -25,8 +25,8 @@ Reported per memory, over all frames and over the second lap (the revisits):
 - sharpness: variance of the Laplacian of generated / ground-truth frames (1 = as sharp);
 - colour shift: distance between the mean colours of generated and true frames, in 8-bit levels
   (the start frame shown again: ``colour_shift_start_frame_again`` per route);
-  beside it, per route, the true frames encoded and decoded (``autoencoder``: PSNR, SSIM,
-  sharpness), how the truth itself looks through the backbone's autoencoder;
+- beside them, per route, the true frames encoded and decoded (``autoencoder``: PSNR, SSIM,
+  sharpness, colour shift), how the truth itself looks through the backbone's autoencoder;
 - milliseconds per generated frame;
 - how long a rollout tracks the truth: whole-frame PSNR by time since the start frame
   (``psnr_by_horizon``, in windows of seconds), beside a trivial baseline that shows the start

@@ -60,8 +60,8 @@ class EnvConfig:
     world_model_reencode: float = WorldModelConfig.reencode
     # Pull of the start frame on generated frames where it saw the view (0 to 1; see
     # world_model.world_model): more keeps what the start frame saw closer to it on return.
-    # Above 0 the start frames take a latent-cache memory of their own, so one batched vector
-    # env holds at most 128 envs (256 at 0).
+    # Above 0 each env's start frames take a latent cache of their own beside its shared one,
+    # so one batched vector env holds at most 128 envs (256 at 0).
     world_model_anchor: float = WorldModelConfig.anchor
     # "bfloat16" runs the world model's networks in bfloat16: faster batched steps (the batched
     # vector env) on CPUs with native bfloat16 (AMX / AVX-512 BF16), slower elsewhere and at
