@@ -33,7 +33,7 @@ from world_model.backbone import PRECISIONS
 from world_model.world_model import WorldModel, WorldModelConfig
 
 STAGES = {"memory read": ("memory", "read"), "generator": ("backbone", "generate"),
-          "decoder": ("backbone", "decode"), "re-encode": ("backbone", "encode"),
+          "decoder": ("backbone", "decode"), "re-encode": ("backbone", "reencode"),
           "depth head": ("backbone", "estimate_depth"), "memory write": ("memory", "write")}
 
 

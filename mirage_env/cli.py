@@ -131,7 +131,7 @@ def train_world_model(cfg: DictConfig) -> dict:
     from mirage_env.world_model_data import ClipConfig, generate_shards, load_shards
     from world_model.tiny_backbone import TinyAutoencoder, TinyBackbone, TinyGenerator
     from world_model.training import (StageConfig, decoder_student, generator_student, train_autoencoder,
-                                      train_decoder, train_generator)
+                                      train_decoder, train_generator, train_reencoder, with_reencoder)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -151,27 +151,44 @@ def train_world_model(cfg: DictConfig) -> dict:
         return StageConfig(**{key: section[key] for key in section if key in fields},
                            checkpoint_every=cfg.checkpoint_every)
 
-    ae = cfg.autoencoder
-    autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),
-                                  decoder_channels=tuple(ae.decoder_channels), decoder_blocks=tuple(ae.decoder_blocks))
-    train_autoencoder(autoencoder, clips, stage(ae), out_dir, validation)
-    gen = cfg.generator
-    generator = TinyGenerator(latent_channels=ae.latent_channels, layout_channels=3,
-                              block_out_channels=tuple(gen.block_out_channels), layers_per_block=gen.layers_per_block,
-                              context_noise=gen.context_noise)
-    train_generator(autoencoder, generator, clips, stage(gen), out_dir, validation)
-    stages = ["autoencoder", "generator"]
-    if cfg.decoder.steps:
-        student = None
-        if cfg.decoder.channels is not None:
-            student = decoder_student(autoencoder, tuple(cfg.decoder.channels), tuple(cfg.decoder.blocks))
-        autoencoder = train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation, student)
-        stages.append("decoder")
-    distil = cfg.generator_student
-    if distil.steps:
-        student = generator_student(generator, tuple(distil.block_out_channels), distil.layers_per_block)
-        generator = train_generator(autoencoder, student, clips, stage(distil), out_dir, validation, teacher=generator)
-        stages.append("generator_student")
+    base = cfg.get("base_model")
+    if base:  # a trained model: only the re-encoder stage runs on it
+        autoencoder, generator = _load_trained(Path(base), TinyAutoencoder, TinyGenerator)
+        base_rows, base_history = _card_parts(Path(base) / "MODEL_CARD.md")
+        # Commands without reencoder.steps predate that stage, which now trains by default.
+        base_history = [command if "reencoder.steps=" in command else f"{command} reencoder.steps=0"
+                        for command in base_history]
+        history = [*base_history, *(command for command in history if command not in base_history)]
+        stages = []
+    else:
+        base_rows = {}
+        ae = cfg.autoencoder
+        autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),
+                                      decoder_channels=tuple(ae.decoder_channels),
+                                      decoder_blocks=tuple(ae.decoder_blocks))
+        train_autoencoder(autoencoder, clips, stage(ae), out_dir, validation)
+        gen = cfg.generator
+        generator = TinyGenerator(latent_channels=ae.latent_channels, layout_channels=3,
+                                  block_out_channels=tuple(gen.block_out_channels),
+                                  layers_per_block=gen.layers_per_block, context_noise=gen.context_noise)
+        train_generator(autoencoder, generator, clips, stage(gen), out_dir, validation)
+        stages = ["autoencoder", "generator"]
+        if cfg.decoder.steps:
+            student = None
+            if cfg.decoder.channels is not None:
+                student = decoder_student(autoencoder, tuple(cfg.decoder.channels), tuple(cfg.decoder.blocks))
+            autoencoder = train_decoder(autoencoder, generator, clips, stage(cfg.decoder), out_dir, validation, student)
+            stages.append("decoder")
+        distil = cfg.generator_student
+        if distil.steps:
+            student = generator_student(generator, tuple(distil.block_out_channels), distil.layers_per_block)
+            generator = train_generator(autoencoder, student, clips, stage(distil), out_dir, validation,
+                                        teacher=generator)
+            stages.append("generator_student")
+    if cfg.reencoder.steps:
+        autoencoder = with_reencoder(autoencoder, tuple(cfg.reencoder.channels))
+        autoencoder = train_reencoder(autoencoder, generator, clips, stage(cfg.reencoder), out_dir, validation)
+        stages.append("reencoder")
     model_dir = TinyBackbone(autoencoder, generator).save_pretrained(out_dir / "model")
     logs = {name: json.loads((out_dir / f"{name}_log.json").read_text()) for name in stages}
     summary = {
@@ -180,6 +197,8 @@ def train_world_model(cfg: DictConfig) -> dict:
         "train_towns": f"procedural seeds 0-{data.towns - 1}",
         "validation_towns": f"procedural seeds {validation_seeds.start}-{validation_seeds.stop - 1}",
         "image_size": data.size,
+        **{key: value for key, value in base_rows.items() if key not in ("training_frames", "train_towns",
+                                                                          "validation_towns", "image_size")},
         **{f"{name}_steps": log[-1]["step"] for name, log in logs.items()},
         **{f"{name}_training_minutes": round(log[-1]["seconds"] / 60, 1) for name, log in logs.items()},
         **{f"{name}_{key}": round(value, 2) for name, log in logs.items() for key, value in log[-1].items()
@@ -189,6 +208,32 @@ def train_world_model(cfg: DictConfig) -> dict:
 
     return _card_and_ship(model_dir, _model_card(summary, cfg, history), summary,
                           DEFAULT_MODEL_DIR if cfg.ship else None)
+
+
+def _load_trained(path: Path, autoencoder_class, generator_class):
+    """The autoencoder and generator of the trained model folder ``path``."""
+    parts = []
+    for name, model_class in (("autoencoder", autoencoder_class), ("generator", generator_class)):
+        if not (path / name / "config.json").is_file():
+            raise FileNotFoundError(f"base_model={path} is not a trained world model: {path / name / 'config.json'} "
+                                    f"is missing (give a folder `mirage train-world-model` wrote, e.g. "
+                                    f"runs/world_model/model or world_model/weights/tiny)")
+        parts.append(model_class.from_pretrained(str(path / name)))
+    return parts
+
+
+def _card_parts(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The table rows (key -> value) and the reproduce commands of a model card :func:`_model_card` wrote."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: base_model needs the model card that records how it was trained")
+    rows, commands = {}, []
+    for line in path.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 2 and cells[0] and not cells[0].startswith("-"):
+            rows[cells[0]] = cells[1]
+        elif line.startswith("    mirage train-world-model "):
+            commands.append(line.strip())
+    return rows, commands
 
 
 def _command_history(out_dir: Path, command: str) -> list[str]:
@@ -215,7 +260,13 @@ def _model_card(summary: dict, cfg: DictConfig, history: list[str]) -> str:
     if "generator_student_steps" in summary:
         decoder += ("; `generator_student_val_*` measure the generator distilled into a smaller UNet, the one "
                     "shipped (`generator_val_*` are its teacher's)")
+    if "reencoder_steps" in summary:
+        decoder += ("; `reencoder_val_*` measure the smaller encoder distilled from the encoder for the frames the "
+                    "model generates (their latents' mean error in latent standard deviations, and their decoded "
+                    "PSNR against the encoder's latents decoded)")
     reproduce = "; run these in order, each continues what the one before trained" if len(history) > 1 else ""
+    if any("base_model=" in command for command in history):
+        reproduce += "; `base_model=` is the model the commands before it trained"
     commands = "\n".join(f"    {command}" for command in history)
     return f"""# Mirage Env default world model (TinyBackbone)
 
@@ -250,7 +301,7 @@ def _overrides(cfg: DictConfig) -> list[tuple[str, object]]:
 
     defaults = _flat(OmegaConf.to_container(OmegaConf.load(files("configs") / "train_world_model.yaml")))
     settings = _flat(OmegaConf.to_container(cfg))
-    always = ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps"]
+    always = ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps", "reencoder.steps"]
     changed = [key for key, value in settings.items()
                if key not in always and (key not in defaults or defaults[key] != value)]
     # A key the file does not have was added with Hydra's "+".

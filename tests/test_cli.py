@@ -86,7 +86,7 @@ def test_train_world_model_reproduce_command_round_trips():
 
     given = ["data.size=32", "generator.rollout_start=400", "generator.rollout_steps=4",
              "generator.noise_augmentation_max=0.5", "decoder.channels=null", "generator_student.steps=3",
-             "generator_student.block_out_channels=[16,32,48]", "ship=true",
+             "generator_student.block_out_channels=[16,32,48]", "ship=true", "base_model=world_model/weights/tiny",
              "+generator_student.rollout_start=2"]
     with initialize_config_module(config_module="configs", version_base=None):
         cfg = compose(config_name="train_world_model", overrides=given)
@@ -95,7 +95,8 @@ def test_train_world_model_reproduce_command_round_trips():
         defaults = _overrides(compose(config_name="train_world_model"))
     assert again == cfg
     keys = [key for key, _ in listed]
-    assert keys[:4] == ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps"]
-    assert set(keys[4:]) == {override.split("=")[0] for override in given}
+    assert keys[:5] == ["data.towns", "autoencoder.steps", "generator.steps", "decoder.steps", "reencoder.steps"]
+    assert set(keys[5:]) == {override.split("=")[0] for override in given}
     assert dict(listed)["decoder.channels"] == "null" and dict(listed)["ship"] == "true"
-    assert [key for key, _ in defaults] == keys[:4]  # the config file's own settings: nothing else
+    assert dict(listed)["base_model"] == "world_model/weights/tiny"
+    assert [key for key, _ in defaults] == keys[:5]  # the config file's own settings: nothing else

@@ -18,7 +18,7 @@ from world_model.metrics import psnr
 from world_model import training
 from world_model.training import (RolloutWorlds, StageConfig, decoder_student, encode_clips, generator_batch,
                                   generator_student, laplacian_pyramid_loss, reconstruction_psnr, rollout_batch,
-                                  train_autoencoder, train_decoder, train_generator)
+                                  train_autoencoder, train_decoder, train_generator, train_reencoder, with_reencoder)
 
 SIZE = 32
 
@@ -310,6 +310,40 @@ def test_generator_distils_into_a_smaller_student(clips, tmp_path):
     assert all(torch.equal(p, frozen[name]) for name, p in teacher.named_parameters())  # teacher untouched
 
 
+def test_reencoder_distils_the_encoder(clips, tmp_path, monkeypatch):
+    autoencoder, generator = tiny_models()
+    frozen = {name: p.detach().clone() for name, p in autoencoder.named_parameters()}
+    student = with_reencoder(autoencoder, (8, 8))
+    assert all(torch.equal(p, frozen[name]) for name, p in student.named_parameters() if name in frozen)
+    assert sum(p.numel() for p in student.reencoder.parameters()) < sum(p.numel() for p in student.encoder.parameters())
+    with torch.no_grad():  # decoded frames: what it learns to encode
+        images = autoencoder.decode(autoencoder.encode(clips["rgb"].flatten(0, 1).permute(0, 3, 1, 2).float() / 255))
+    with pytest.raises(ValueError, match="no re-encoder"):
+        train_reencoder(autoencoder, generator, clips, StageConfig(steps=1), tmp_path / "none")
+
+    def gap() -> float:  # mean distance of the re-encoder's latents from the encoder's
+        with torch.no_grad():
+            return float((student.reencode(images) - student.encode(images)).abs().mean())
+
+    before = gap()
+    config = StageConfig(steps=150, batch_size=4, lr=5e-3, checkpoint_every=50, log_every=50)
+    trained = train_reencoder(student, generator, clips, config, tmp_path / "run", validation=clips)
+    after = gap()
+    assert trained is student and after < 0.5 * before, (before, after)
+    assert all(torch.equal(p, frozen[name]) for name, p in student.named_parameters() if name in frozen)
+    log = json.loads((tmp_path / "run" / "reencoder_log.json").read_text())
+    assert log[-1]["val_latent_error"] < log[0]["val_latent_error"] and log[-1]["step"] == 150
+    # Saved and loaded, the backbone re-encodes through it; without one, reencode is encode.
+    loaded = TinyBackbone.from_pretrained(TinyBackbone(student, generator).save_pretrained(tmp_path / "model"))
+    assert torch.allclose(loaded.reencode(images), student.reencode(images), atol=1e-5)
+    assert not torch.allclose(loaded.reencode(images), loaded.encode(images), atol=1e-3)
+    assert torch.equal(autoencoder.reencode(images), autoencoder.encode(images))
+    # Finished, it comes back from its checkpoint without encoding the clips.
+    monkeypatch.setattr(training, "encode_clips", lambda *args: pytest.fail("a finished stage encoded the clips"))
+    again = train_reencoder(with_reencoder(autoencoder, (8, 8)), generator, clips, config, tmp_path / "run")
+    assert torch.equal(again.reencode(images), student.reencode(images))
+
+
 def test_train_world_model_command_smoke(tmp_path):
     """`mirage train-world-model` end to end at a toy size, in a subprocess."""
     command = [
@@ -318,7 +352,8 @@ def test_train_world_model_command_smoke(tmp_path):
         "data.clips_per_town=1", "autoencoder.steps=4", "autoencoder.batch_size=2", "generator.steps=4",
         "decoder.steps=2", "decoder.batch_size=2", "decoder.channels=[16,8]",
         "generator_student.steps=2", "generator_student.batch_size=2", "generator_student.block_out_channels=[16,32,48]",
-        "generator.batch_size=2", "checkpoint_every=2",
+        "generator.batch_size=2", "reencoder.steps=2", "reencoder.batch_size=2", "reencoder.channels=[8,8]",
+        "checkpoint_every=2",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -339,6 +374,19 @@ def test_train_world_model_command_smoke(tmp_path):
     card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     first, second = card.index("generator.steps=4 "), card.index("generator.steps=6 ")
     assert first < second < card.index("generator.memory_window=2") and "run these in order" in card
+    assert "| reencoder_steps | 2 |" in card
+    # A re-encoder trained onto a finished model: its card keeps the model's rows and commands.
+    onto = [*command[:4], *(setting for setting in command if setting.startswith("data.")),
+            f"out_dir={tmp_path / 'onto'}", f"base_model={tmp_path / 'run' / 'model'}",
+            "reencoder.steps=3", "reencoder.batch_size=2", "reencoder.channels=[8,16]", "checkpoint_every=3"]
+    done = subprocess.run(onto, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = (tmp_path / "onto" / "model" / "MODEL_CARD.md").read_text()
+    assert "| generator_steps | 6 |" in card and "| reencoder_steps | 3 |" in card
+    assert card.index("generator.steps=4 ") < card.index("generator.steps=6 ") \
+        < card.index(f"base_model={tmp_path / 'run' / 'model'}")
+    saved = json.loads((tmp_path / "onto" / "model" / "autoencoder" / "config.json").read_text())
+    assert saved["reencoder_channels"] == [8, 16] and saved["decoder_channels"] == [16, 8]
 
 
 def test_shards_are_reused_only_with_the_settings_they_were_rendered_with(tmp_path):

@@ -13,10 +13,10 @@ from world_model.world_model import WorldModel, WorldModelConfig
 SIZE = 32
 
 
-def tiny_backbone(seed: int = 0) -> TinyBackbone:
+def tiny_backbone(seed: int = 0, reencoder: bool = False) -> TinyBackbone:
     torch.manual_seed(seed)
     autoencoder = TinyAutoencoder(encoder_channels=(8, 16), decoder_channels=(16, 8), decoder_blocks=(1, 1),
-                                  depth_channels=8, norm_groups=4)
+                                  depth_channels=8, norm_groups=4, reencoder_channels=(4, 8) if reencoder else None)
     generator = TinyGenerator(block_out_channels=(16, 32), norm_groups=8)
     return TinyBackbone(autoencoder, generator)
 
@@ -91,7 +91,7 @@ def test_dynamic_tokens_are_never_written():
 @pytest.mark.parametrize("reencode", [0.0, 0.25, 1.0])
 def test_chunks_pass_their_last_frame_on_as_context(reencode):
     rgb, depth, K, pose = street_start()
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(reencoder=True)
     seen = []
     generate = backbone.generate
 
@@ -110,9 +110,11 @@ def test_chunks_pass_their_last_frame_on_as_context(reencode):
     assert [lat.shape[0] for lat in latents] == [2, 2, 1]
     for chunk in range(1, 3):
         generated = latents[chunk - 1][-1:]
-        # Re-encoding: the context mixes the shown frame, encoded again, into the generated latents.
-        shown = backbone.encode(backbone.decode(generated))
+        # Re-encoding: the context mixes the shown frame, encoded again (by the re-encoder), into the
+        # generated latents.
+        shown = backbone.reencode(backbone.decode(generated))
         assert not torch.allclose(shown, generated, atol=1e-2)
+        assert not torch.allclose(shown, backbone.encode(backbone.decode(generated)), atol=1e-2)
         assert torch.allclose(contexts[chunk][0, -1:], torch.lerp(generated, shown, reencode), atol=1e-5)
 
 
@@ -265,8 +267,8 @@ def test_traced_backbone_renders_what_the_eager_one_does():
         one = model.render(forward_poses(1, 2), K[:1], generator=torch.Generator().manual_seed(7), env_ids=[0])
         both = model.render(forward_poses(2, 2)[:, 1:], K, generator=torch.Generator().manual_seed(8))
         outputs.append((one.rgb, both.rgb))
-    # UNet, encoder (reset and re-encoding), decoder and depth head, one trace per batch shape
-    assert len(traced._traced) == 4 * 2
+    # UNet, re-encoder, decoder and depth head, one trace per batch shape, and the encoder (reset: 2)
+    assert len(traced._traced) == 4 * 2 + 1
     for run in outputs[1:]:
         for a, b in zip(outputs[0], run):
             assert (a.int() - b.int()).abs().max() <= 1  # the same frames, up to rounding

@@ -60,6 +60,10 @@ class Backbone(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> latents (B, C, H / downsample, W / downsample)."""
 
+    def reencode(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` for frames the backbone generated itself (the world model's
+        ``reencode``): may be a cheaper approximation of it."""
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, h, w) -> images (B, 3, h * downsample, w * downsample) in [0, 1]."""
 

@@ -7,7 +7,9 @@ TinyAutoencoder
     (pixel-shuffle) upsampling, so most of its work runs at low resolution: decoding is the
     per-step cost that bounds frames per second. The depth head reads the latents (the
     published method co-trains a depth estimator on them) and predicts, per token, log depth,
-    its expected error and whether the token is sky.
+    its expected error and whether the token is sky. An optional re-encoder, an encoder of fewer
+    channels distilled from the encoder (``reencoder_channels``), encodes the frames the model
+    generated itself again (``WorldModelConfig.reencode``) in 40 to 50 % of the encoder's time.
 TinyGenerator
     A diffusers ``UNet2DModel`` on the latent grid that generates a target frame's latents in
     one step from the memory read (latents, validity, depth), the latest context latents, the
@@ -59,9 +61,24 @@ def _residuals(channels: int, count: int, groups: int) -> list[nn.Module]:
     return [ResidualBlock(channels, groups) for _ in range(count)]
 
 
+def _encoder(channels: tuple[int, ...], latent_channels: int, groups: int) -> nn.Sequential:
+    """Images in [-1, 1] -> latents: per level a stride-2 convolution and a residual block."""
+    layers: list[nn.Module] = []
+    previous = 3
+    for width in channels:
+        layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.SiLU(), ResidualBlock(width, groups)]
+        previous = width
+    layers += [nn.GroupNorm(groups, previous), nn.SiLU(), nn.Conv2d(previous, latent_channels, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
 class TinyAutoencoder(ModelMixin, ConfigMixin):
     """Images (B, 3, H, W) in [0, 1] <-> latents (B, latent_channels, H / 2**levels, W / 2**levels),
-    plus a depth head on the latents. ``levels`` = ``len(encoder_channels)``."""
+    plus a depth head on the latents. ``levels`` = ``len(encoder_channels)``.
+
+    ``reencoder_channels``: also build a smaller encoder of these channels per level (as many
+    levels), which :meth:`reencode` runs instead of the encoder once trained to match it
+    (``world_model.training.train_reencoder``); None: :meth:`reencode` is :meth:`encode`."""
 
     @register_to_config
     def __init__(
@@ -72,17 +89,17 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         decoder_blocks: tuple[int, ...] = (2, 1),
         depth_channels: int = 32,
         norm_groups: int = 8,
+        reencoder_channels: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if len(decoder_channels) != len(encoder_channels) or len(decoder_blocks) != len(decoder_channels):
             raise ValueError("encoder_channels, decoder_channels and decoder_blocks must have one entry per level")
-        layers: list[nn.Module] = []
-        previous = 3
-        for channels in encoder_channels:
-            layers += [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.SiLU(), ResidualBlock(channels, norm_groups)]
-            previous = channels
-        layers += [nn.GroupNorm(norm_groups, previous), nn.SiLU(), nn.Conv2d(previous, latent_channels, 3, padding=1)]
-        self.encoder = nn.Sequential(*layers)
+        if reencoder_channels is not None and len(reencoder_channels) != len(encoder_channels):
+            raise ValueError(f"reencoder_channels must have one entry per level ({len(encoder_channels)}), "
+                             f"got {tuple(reencoder_channels)}")
+        self.encoder = _encoder(tuple(encoder_channels), latent_channels, norm_groups)
+        self.reencoder = (None if reencoder_channels is None
+                          else _encoder(tuple(reencoder_channels), latent_channels, norm_groups))
 
         layers = [nn.Conv2d(latent_channels, decoder_channels[0], 3, padding=1)]
         for level, (channels, blocks) in enumerate(zip(decoder_channels, decoder_blocks)):
@@ -108,6 +125,13 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, self.downsample)
         return self.encoder(images * 2 - 1)
+
+    def reencode(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` through the re-encoder when there is one."""
+        if self.reencoder is None:
+            return self.encode(images)
+        _check_images(images, self.downsample)
+        return self.reencoder(images * 2 - 1)
 
     def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoder output before clamping, in [-1, 1] image units (for training losses)."""
@@ -210,17 +234,17 @@ class TinyBackbone:
 
     def __init__(self, autoencoder: TinyAutoencoder, generator: TinyGenerator, trace: bool = False,
                  precision: str = "float32"):
-        """``trace``: run the generator's UNet, the encoder, the decoder and the depth head as frozen
-        TorchScript traces (one per network and input shape, made on first use): the same
+        """``trace``: run the generator's UNet, the encoder, the re-encoder, the decoder and the depth
+        head as frozen TorchScript traces (one per network and input shape, made on first use): the same
         numbers with less Python overhead per step, which dominates at batch 1 on small grids.
         Only for fixed weights: a trace does not follow later training (``from_pretrained``
         traces; training does not).
 
-        ``precision``: ``"bfloat16"`` runs the four networks under bfloat16 autocast (weights
+        ``precision``: ``"bfloat16"`` runs the networks under bfloat16 autocast (weights
         and outputs stay float32; normalisations run in float32). On CPUs with native bfloat16
-        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames per step at 128 px: 153
-        -> 230 frames/s; ``benchmarks/world_model_speed.py --precision``) and gains nothing at
-        batch 1; elsewhere it is emulated and slower (a warning says so), so it is opt-in.
+        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames per step at 128 px: 149
+        -> 209 frames/s; ``benchmarks/world_model_speed.py --precision``) and gains nothing at
+        batch 1 (at 64 px it loses); elsewhere it is emulated and slower (a warning says so), so it is opt-in.
         Frames differ from float32 ones by rounding (UNet outputs by 0.5 %), so a rollout takes
         another path than in float32, as with another noise seed."""
         if autoencoder.config.latent_channels != generator.config.latent_channels:
@@ -232,6 +256,7 @@ class TinyBackbone:
             warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (AMX or AVX-512 BF16) is emulated "
                           "and slower than float32; use precision='float32' here", stacklevel=2)
         self._networks = {"unet": generator.unet, "encode": _Method(autoencoder, "encode"),
+                          "reencode": _Method(autoencoder, "reencode"),
                           "decode": _Method(autoencoder, "decode"),
                           "estimate_depth": _Method(autoencoder, "estimate_depth")}
         self._traced: dict[tuple, torch.jit.ScriptModule] = {}
@@ -278,6 +303,11 @@ class TinyBackbone:
         return self._run("encode", images.to(self.device))
 
     @torch.no_grad()
+    def reencode(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.downsample)
+        return self._run("reencode", images.to(self.device))
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("decode", latents)
 
@@ -286,7 +316,7 @@ class TinyBackbone:
         return self._run("estimate_depth", latents)
 
     def _run(self, network: str, *inputs: torch.Tensor):
-        """The ``network`` (unet, encode, decode or estimate_depth) on ``inputs``, through its trace for
+        """The ``network`` (unet, encode, reencode, decode or estimate_depth) on ``inputs``, through its trace for
         these input shapes when tracing."""
         with self._autocast():
             if not self.trace:

@@ -32,6 +32,11 @@ Stages, each resumable from its last checkpoint:
     adversarial loss against true frames.
 ``train_generator`` with a ``teacher`` (optional)
     Distils the trained generator into one with a smaller UNet (the largest per-step cost).
+``train_reencoder`` (optional)
+    Distils the encoder into a smaller re-encoder (:func:`with_reencoder`) for the frames the
+    model shows: the world model encodes each generated frame again, a per-step cost as large
+    as decoding. It learns the encoder's latents of decoded generated latents and of decoded
+    true latents with noise, the frames it will see.
 
 Clips are the tensors of :func:`mirage_env.world_model_data.load_shards` (any source with the
 same keys works). Progress bars, a JSON log, checkpoints and a loss-curve PNG go to ``out_dir``.
@@ -563,6 +568,18 @@ def train_generator(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     return generator.eval()
 
 
+def _generated_and_noised(generator: TinyGenerator, conditioning: Conditioning, latents: torch.Tensor,
+                          scale, sampler: torch.Generator) -> torch.Tensor:
+    """The generator's latents for the first half of a batch, the true ``latents`` with noise of
+    up to 0.1 ``scale`` for the rest: what a decoder or re-encoder stage trains on."""
+    half = latents.shape[0] // 2
+    noise = torch.randn(latents.shape[0], generator.config.noise_channels, *latents.shape[-2:], generator=sampler)
+    generated = generator(conditioning, noise)
+    latents = latents + 0.1 * scale * torch.rand(latents.shape[0], 1, 1, 1, generator=sampler) \
+        * torch.randn(latents.shape, generator=sampler)
+    return torch.cat([generated[:half], latents[half:]])
+
+
 def laplacian_pyramid_loss(prediction: torch.Tensor, target: torch.Tensor, levels: int = 3) -> torch.Tensor:
     """Mean L1 distance of the band-pass levels (each image minus its blurred, 2x-downsampled
     and re-upsampled self) of two image batches: it weighs fine detail the way plain L1 on the
@@ -624,14 +641,8 @@ def train_decoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips:
     sums: dict = {}
     while stage.step < config.steps:
         conditioning, latents, images = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
-        half = latents.shape[0] // 2
         with torch.no_grad():
-            noise = torch.randn(latents.shape[0], generator.config.noise_channels, *latents.shape[-2:],
-                                generator=sampler)
-            generated = generator(conditioning, noise)
-            latents = latents + 0.1 * latents.std() * torch.rand(latents.shape[0], 1, 1, 1, generator=sampler) \
-                * torch.randn(latents.shape, generator=sampler)
-            inputs = torch.cat([generated[:half], latents[half:]])
+            inputs = _generated_and_noised(generator, conditioning, latents, latents.std(), sampler)
             real = images * 2 - 1
             target = real if student is None else autoencoder.decode_raw(inputs)
         recon = trained.decode_raw(inputs)
@@ -669,6 +680,83 @@ def decoder_student(autoencoder: TinyAutoencoder, decoder_channels: tuple[int, .
     student.encoder.load_state_dict(autoencoder.encoder.state_dict())
     student.depth_head.load_state_dict(autoencoder.depth_head.state_dict())
     return student
+
+
+def with_reencoder(autoencoder: TinyAutoencoder, channels: tuple[int, ...]) -> TinyAutoencoder:
+    """``autoencoder`` (weights copied) with a new, untrained re-encoder of ``channels`` per
+    level, for :func:`train_reencoder` to distil the encoder into."""
+    config = dict(autoencoder.config)
+    config = {key: config[key] for key in ("latent_channels", "encoder_channels", "decoder_channels",
+                                           "decoder_blocks", "depth_channels", "norm_groups")}
+    copy = TinyAutoencoder(**config, reencoder_channels=tuple(channels))
+    weights = {key: value for key, value in autoencoder.state_dict().items() if not key.startswith("reencoder.")}
+    copy.load_state_dict(weights, strict=False)  # all but the re-encoder
+    return copy
+
+
+def train_reencoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clips: dict, config: StageConfig,
+                    out_dir: str | Path, validation: dict | None = None) -> TinyAutoencoder:
+    """Train ``autoencoder.reencoder`` (see :func:`with_reencoder`) to give the encoder's latents
+    for the frames the world model re-encodes: half of each batch decoded generator latents,
+    half decoded true latents with noise of up to 0.1 latent standard deviations. L1 loss in
+    units of the latents' standard deviation. Validation logs that error on generated frames
+    (``val_latent_error``) and the PSNR of their re-encoder latents decoded against their
+    encoder latents decoded (``val_psnr_vs_encoder``). Everything else stays frozen."""
+    if autoencoder.reencoder is None:
+        raise ValueError("the autoencoder has no re-encoder to train: make one with with_reencoder()")
+    torch.manual_seed(config.seed)
+    autoencoder.eval().requires_grad_(False)
+    generator.eval().requires_grad_(False)
+    reencoder = autoencoder.reencoder.requires_grad_(True)
+    stage = _Stage("reencoder", out_dir, {"model": reencoder},
+                   {"model": torch.optim.AdamW(reencoder.parameters(), lr=config.lr, weight_decay=1e-4)}, config)
+    if stage.done:
+        reencoder.requires_grad_(False)
+        return autoencoder
+    encoded = encode_clips(autoencoder, clips)
+    scale = latent_std(encoded["latents"])
+    downsample = autoencoder.downsample
+    sampler = torch.Generator().manual_seed(config.seed + stage.step)
+
+    def student(images: torch.Tensor) -> torch.Tensor:
+        return reencoder(images * 2 - 1)
+
+    if validation is None:
+        evaluate = dict
+    else:
+        val_conditioning = generator_batch(validation, encode_clips(autoencoder, validation), 32, downsample,
+                                           torch.Generator().manual_seed(1234), latent_noise=0.0)[0]
+        val_frames = _generated(autoencoder, generator, val_conditioning)
+        val_target = autoencoder.encode(val_frames)
+
+        @torch.no_grad()
+        def evaluate() -> dict[str, float]:
+            reencoder.eval()
+            latents = student(val_frames)
+            reencoder.train()
+            return {"val_latent_error": float((latents - val_target).abs().mean() / scale),
+                    "val_psnr_vs_encoder": float(psnr(autoencoder.decode(latents),
+                                                      autoencoder.decode(val_target)).mean())}
+
+    reencoder.train()
+    bar = tqdm(total=config.steps, initial=stage.step, desc="re-encoder", unit="step")
+    sums: dict = {}
+    optimizer = stage.optimizers["model"]
+    while stage.step < config.steps:
+        conditioning, latents, _ = generator_batch(clips, encoded, config.batch_size, downsample, sampler)
+        with torch.no_grad():
+            images = autoencoder.decode(_generated_and_noised(generator, conditioning, latents, scale, sampler))
+            target = autoencoder.encode(images)
+        losses = {"l1": (student(images) - target).abs().mean() / scale}
+        optimizer.zero_grad(set_to_none=True)
+        losses["l1"].backward()
+        torch.nn.utils.clip_grad_norm_(reencoder.parameters(), 1.0)
+        optimizer.step()
+        _log_step(stage, losses, sums, bar, evaluate)
+    bar.close()
+    stage.save()
+    reencoder.requires_grad_(False)
+    return autoencoder.eval()
 
 
 @torch.no_grad()

@@ -227,6 +227,10 @@ class WanBackbone:
         mean, std = self._latent_statistics(latents)
         return ((latents - mean) / std).float()
 
+    def reencode(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` (Wan has no cheaper encoder)."""
+        return self.encode(images)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, h, w) -> images (B, 3, h * downsample, w * downsample) in [0, 1],

@@ -218,7 +218,7 @@ class WorldModel:
         batch, steps = poses.shape[:2]
         images = self.backbone.decode(latents)
         if self.config.reencode:
-            latents = torch.lerp(latents, self.backbone.encode(images), self.config.reencode)
+            latents = torch.lerp(latents, self.backbone.reencode(images), self.config.reencode)
         token_depth = self._write(
             latents, images, K.repeat_interleave(steps, dim=0), poses.reshape(-1, 4, 4),
             None if depth is None else depth.reshape(-1, *depth.shape[2:]),
