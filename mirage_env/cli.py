@@ -136,8 +136,15 @@ def train_world_model(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir, data = Path(cfg.out_dir), cfg.data
+    base = cfg.get("base_model")
+    if base:  # a trained model: only the re-encoder stage runs on it
+        if not cfg.reencoder.steps:
+            raise ValueError("base_model= runs only the re-encoder stage on a trained model: set reencoder.steps > 0")
+        autoencoder, generator = _load_trained(Path(base), TinyAutoencoder, TinyGenerator)
+        base_rows, base_history = _card_parts(Path(base) / "MODEL_CARD.md")
+    downsample = autoencoder.downsample if base else 2 ** len(cfg.autoencoder.encoder_channels)
     clip_config = ClipConfig(size=data.size, frames=data.frames, clips_per_town=data.clips_per_town,
-                             layout_downsample=2 ** len(cfg.autoencoder.encoder_channels), antialias=data.antialias)
+                             layout_downsample=downsample, antialias=data.antialias)
     train_seeds = range(data.towns)
     validation_seeds = range(900_000, 900_000 + data.validation_towns)
     command = "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg))
@@ -151,10 +158,7 @@ def train_world_model(cfg: DictConfig) -> dict:
         return StageConfig(**{key: section[key] for key in section if key in fields},
                            checkpoint_every=cfg.checkpoint_every)
 
-    base = cfg.get("base_model")
-    if base:  # a trained model: only the re-encoder stage runs on it
-        autoencoder, generator = _load_trained(Path(base), TinyAutoencoder, TinyGenerator)
-        base_rows, base_history = _card_parts(Path(base) / "MODEL_CARD.md")
+    if base:
         # Commands without reencoder.steps predate that stage, which now trains by default.
         base_history = [command if "reencoder.steps=" in command else f"{command} reencoder.steps=0"
                         for command in base_history]

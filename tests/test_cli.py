@@ -4,6 +4,7 @@ import sys
 
 import imageio.v2 as imageio
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -74,6 +75,24 @@ def test_play_scripted_and_keyboard(tmp_path):
     # Any env setting goes through `+env_settings.<name>=...`; a misspelt one fails with a hint.
     typo = subprocess.run([*common, "+env_settings.speed_limt_mps=5"], capture_output=True, text=True, timeout=300)
     assert typo.returncode != 0 and "Did you mean 'speed_limit_mps'" in typo.stderr
+
+
+def test_train_world_model_refuses_a_bad_base_model(tmp_path):
+    """`base_model=` is checked before any data is rendered."""
+    from hydra import compose, initialize_config_module
+
+    from mirage_env.cli import train_world_model
+
+    (tmp_path / "model" / "autoencoder").mkdir(parents=True)
+    common = [f"out_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}"]
+    with initialize_config_module(config_module="configs", version_base=None):
+        with pytest.raises(FileNotFoundError, match=r"is not a trained world model: .*autoencoder/config.json is missing"):
+            train_world_model(compose(config_name="train_world_model",
+                                      overrides=[*common, f"base_model={tmp_path / 'model'}"]))
+        with pytest.raises(ValueError, match="set reencoder.steps > 0"):
+            train_world_model(compose(config_name="train_world_model",
+                                      overrides=[*common, f"base_model={tmp_path / 'model'}", "reencoder.steps=0"]))
+    assert not (tmp_path / "data").exists()
 
 
 def test_train_world_model_reproduce_command_round_trips():
