@@ -63,7 +63,9 @@ def test_fidelity_reports_psnr_by_time_beside_the_start_frame_shown_again(tmp_pa
                "--horizon-plot", str(plot), "--ceilings-sheet", str(tmp_path / "ceilings.png")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    route = json.loads(out.read_text())["routes"][0]
+    report = json.loads(out.read_text())
+    assert report["noise_seeds"] == [0]
+    route = report["routes"][0]
     assert "psnr_curve" not in route  # per-frame curves go to the plot only
     horizon = route["psnr_by_horizon"]
     assert list(horizon) == ["start frame again", "latent", "none"]

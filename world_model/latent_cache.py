@@ -44,9 +44,10 @@ Read
     A z-buffer keeps the nearest token per cell, where a splatted (non-centre) cell counts as
     ``1 + splat_depth_penalty * ring`` times deeper: with the default 1.0 a token's own cell
     beats a neighbour's splat unless that neighbour is more than twice as near, i.e. an
-    occluder. With ``unsure_depth_penalty`` a token also counts ``1 + penalty * (1 -
-    confidence)`` times deeper, so tokens of generated frames (the depth head's confidence, below
-    1) give way to observed ones (ground-truth depth: confidence 1) unless they are far nearer. Tokens behind the camera or off the grid are skipped. Remaining one-to-three-cell
+    occluder. With ``unsure_depth_penalty`` (20 by default) a token also counts ``1 + penalty *
+    (1 - confidence)`` times deeper, so tokens of generated frames (the depth head's confidence,
+    below 1) give way to observed ones (ground-truth depth: confidence 1) unless they are far
+    nearer. Tokens behind the camera or off the grid are skipped. Remaining one-to-three-cell
     gaps are closed by a gap fill: an empty cell with valid cells on both sides along a row,
     column or diagonal, within ``max_splat_radius`` cells, takes the nearer of the two. Empty
     cells at the border of what the cache saw (sky, unexplored space) stay empty.
@@ -95,7 +96,7 @@ class LatentCacheConfig:
     voxel_levels: int = 16  # voxel sizes voxel_min_m * 2**level, level < voxel_levels
     max_splat_radius: int = 3  # [cells] a token covers at most (2r + 1)^2 target cells
     splat_depth_penalty: float = 1.0  # z-buffer: a splat counts (1 + penalty * ring) times deeper
-    unsure_depth_penalty: float = 0.0  # z-buffer: a token counts (1 + penalty * (1 - confidence)) times deeper
+    unsure_depth_penalty: float = 20.0  # z-buffer: a token counts (1 + penalty * (1 - confidence)) times deeper
     budget_bytes: int = 32 * 2**20  # [bytes] per cache
     latent_dtype: str = "float16"  # storage precision of latent vectors
 

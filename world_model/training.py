@@ -353,7 +353,9 @@ def generator_batch(clips: dict, encoded: dict, batch_size: int, downsample: int
     count, length = clips["rgb"].shape[:2]
     latents_all = encoded["latents"]
     channels = latents_all.shape[2]
-    cache = LatentCache(batch_size, channels, LatentCacheConfig(downsample=downsample))
+    # The shipped generator was trained on reads without the unsure-depth penalty (the default
+    # since); kept so that its training command still reproduces it.
+    cache = LatentCache(batch_size, channels, LatentCacheConfig(downsample=downsample, unsure_depth_penalty=0.0))
     K = clips["K"][None]
     image_size = tuple(clips["rgb"].shape[2:4])
     scale = latent_std(latents_all)
