@@ -242,8 +242,8 @@ class TinyBackbone:
 
         ``precision``: ``"bfloat16"`` runs the networks under bfloat16 autocast (weights
         and outputs stay float32; normalisations run in float32). On CPUs with native bfloat16
-        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames per step at 128 px: 149
-        -> 209 frames/s; ``benchmarks/world_model_speed.py --precision``) and gains nothing at
+        (AMX or AVX-512 BF16) it makes batched steps faster (16 frames per step at 128 px: 142
+        -> 206 frames/s; ``benchmarks/world_model_speed.py --precision``) and gains nothing at
         batch 1 (at 64 px it loses); elsewhere it is emulated and slower (a warning says so), so it is opt-in.
         Frames differ from float32 ones by rounding (UNet outputs by 0.5 %), so a rollout takes
         another path than in float32, as with another noise seed."""

@@ -687,9 +687,8 @@ def decoder_student(autoencoder: TinyAutoencoder, decoder_channels: tuple[int, .
 def with_reencoder(autoencoder: TinyAutoencoder, channels: tuple[int, ...]) -> TinyAutoencoder:
     """``autoencoder`` (weights copied) with a new, untrained re-encoder of ``channels`` per
     level, for :func:`train_reencoder` to distil the encoder into."""
-    config = dict(autoencoder.config)
-    config = {key: config[key] for key in ("latent_channels", "encoder_channels", "decoder_channels",
-                                           "decoder_blocks", "depth_channels", "norm_groups")}
+    config = {key: autoencoder.config[key] for key in ("latent_channels", "encoder_channels", "decoder_channels",
+                                                       "decoder_blocks", "depth_channels", "norm_groups")}
     copy = TinyAutoencoder(**config, reencoder_channels=tuple(channels))
     weights = {key: value for key, value in autoencoder.state_dict().items() if not key.startswith("reencoder.")}
     copy.load_state_dict(weights, strict=False)  # all but the re-encoder

@@ -10,8 +10,8 @@ frames for new poses, a chunk of ``chunk_length`` poses at a time:
    since the latest of them and, for map scenarios, the road layout at each pose;
 3. decode the frames and estimate their depth (the backbone's depth head by default; given
    ground-truth depth or a transformers depth model instead, see ``depth``);
-4. encode the decoded frames again and mix those latents into the generated ones (weight
-   ``reencode``): what the memory and the context keep is then, in part, the encoding of the
+4. encode the decoded frames again (the backbone's ``reencode``, which may be a cheaper encoder)
+   and mix those latents into the generated ones (weight ``reencode``): what the memory and the context keep is then, in part, the encoding of the
    frames shown rather than only the generator's raw output;
 5. filter (the caller's dynamic mask, sky / invalid depth, low confidence: the memory drops
    those tokens) and write the chunk back into the memory;
