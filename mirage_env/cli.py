@@ -222,7 +222,11 @@ def _load_trained(path: Path, autoencoder_class, generator_class):
             raise FileNotFoundError(f"base_model={path} is not a trained world model: {path / name / 'config.json'} "
                                     f"is missing (give a folder `mirage train-world-model` wrote, e.g. "
                                     f"runs/world_model/model or world_model/weights/tiny)")
-        parts.append(model_class.from_pretrained(str(path / name)))
+        loaded = model_class.from_pretrained(str(path / name))
+        # A fresh model from its settings, so the one saved does not record this folder as its origin.
+        model = model_class.from_config({key: value for key, value in loaded.config.items() if key[0] != "_"})
+        model.load_state_dict(loaded.state_dict())
+        parts.append(model)
     return parts
 
 

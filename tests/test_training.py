@@ -387,6 +387,8 @@ def test_train_world_model_command_smoke(tmp_path):
         < card.index(f"base_model={tmp_path / 'run' / 'model'}")
     saved = json.loads((tmp_path / "onto" / "model" / "autoencoder" / "config.json").read_text())
     assert saved["reencoder_channels"] == [8, 16] and saved["decoder_channels"] == [16, 8]
+    saved = json.loads((tmp_path / "onto" / "model" / "generator" / "config.json").read_text())
+    assert "_name_or_path" not in saved  # no local path of the base model in what it ships
 
 
 def test_shards_are_reused_only_with_the_settings_they_were_rendered_with(tmp_path):
