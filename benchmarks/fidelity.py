@@ -37,8 +37,9 @@ latent | pixel | none) ``docs/fidelity.mp4``, a contact sheet ``docs/fidelity_co
 the PSNR-over-time curve ``docs/fidelity_horizon.png`` and the ceilings beside the first memory's
 frames on frames with seen pixels ``docs/fidelity_ceilings.png``, all of the first route.
 
-    python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000] [--seeds 3] [--first-seed 0]
-                                  [--reencode 0.25] [--anchor 0.5] [--min-confidence 0.5] [--unsure-depth-penalty 20]
+    python benchmarks/fidelity.py [--model world_model/weights/tiny] [--maps Town01 town:1000000]
+                                  [--seeds 3] [--first-seed 0] [--reencode 0.25] [--anchor 0.5]
+                                  [--min-confidence 0.5] [--unsure-depth-penalty 20]
                                   [--antialias 1]
                                   [--precision float32]
 """
@@ -204,7 +205,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
     curves = {"start frame again": start_again}
     for memory in args.memories:
         runs, seed_curves = [], []
-        for draw in range(args.first_seed, args.first_seed + args.seeds):  # long rollouts are chaotic: average
+        for draw in args.noise_seeds:  # long rollouts are chaotic: average over noise seeds
             config = WorldModelConfig(memory=memory, reencode=args.reencode, anchor=args.anchor,
                                       cache=LatentCacheConfig(min_confidence=args.min_confidence,
                                                               unsure_depth_penalty=args.unsure_depth_penalty))
@@ -212,7 +213,7 @@ def run_route(backbone, spec: str, seed: int, args) -> tuple[dict, np.ndarray, d
                                                    layout, lap2, pairs, seen, with_seen, road_map.name, size)
             runs.append(metrics)
             seed_curves.append(frame_psnr)
-            if draw == args.first_seed:
+            if draw == args.noise_seeds[0]:
                 videos[memory] = frames
         curves[memory] = np.mean(seed_curves, axis=0)
         results[memory] = {key: _mean([run[key] for run in runs]) for key in runs[0]}
@@ -377,6 +378,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1 or args.first_seed < 0:
         parser.error("--seeds must be >= 1 and --first-seed >= 0")
+    args.noise_seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
     backbone = load_default_backbone(args.model, precision=args.precision)
     routes, first_video, first_curves, first_ceilings = [], None, None, None
@@ -415,7 +417,7 @@ def main() -> None:
         "antialias": args.antialias,
         "precision": args.precision,
         "stride_steps": args.stride,
-        "noise_seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+        "noise_seeds": args.noise_seeds,
         "routes": routes,
         "mean": overall,
         "revisit_psnr_gain_over_none_db": gain("none"),

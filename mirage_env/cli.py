@@ -137,11 +137,14 @@ def train_world_model(cfg: DictConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     out_dir, data = Path(cfg.out_dir), cfg.data
     base = cfg.get("base_model")
+    base_rows, base_history = {}, []
     if base:  # a trained model: only the re-encoder stage runs on it
         if not cfg.reencoder.steps:
             raise ValueError("base_model= runs only the re-encoder stage on a trained model: set reencoder.steps > 0")
         autoencoder, generator = _load_trained(Path(base), TinyAutoencoder, TinyGenerator)
         base_rows, base_history = _card_parts(Path(base) / "MODEL_CARD.md")
+        # Commands without reencoder.steps predate that stage, which now trains by default.
+        base_history = [line if "reencoder.steps=" in line else f"{line} reencoder.steps=0" for line in base_history]
     downsample = autoencoder.downsample if base else 2 ** len(cfg.autoencoder.encoder_channels)
     clip_config = ClipConfig(size=data.size, frames=data.frames, clips_per_town=data.clips_per_town,
                              layout_downsample=downsample, antialias=data.antialias)
@@ -149,6 +152,7 @@ def train_world_model(cfg: DictConfig) -> dict:
     validation_seeds = range(900_000, 900_000 + data.validation_towns)
     command = "mirage train-world-model " + " ".join(f"{k}={v}" for k, v in _overrides(cfg))
     history = _command_history(out_dir, command)
+    history = [*base_history, *(line for line in history if line not in base_history)]
     clips = load_shards(generate_shards(data.dir, train_seeds, clip_config))
     validation = load_shards(generate_shards(data.dir, validation_seeds, clip_config))
 
@@ -159,13 +163,8 @@ def train_world_model(cfg: DictConfig) -> dict:
                            checkpoint_every=cfg.checkpoint_every)
 
     if base:
-        # Commands without reencoder.steps predate that stage, which now trains by default.
-        base_history = [command if "reencoder.steps=" in command else f"{command} reencoder.steps=0"
-                        for command in base_history]
-        history = [*base_history, *(command for command in history if command not in base_history)]
         stages = []
     else:
-        base_rows = {}
         ae = cfg.autoencoder
         autoencoder = TinyAutoencoder(latent_channels=ae.latent_channels, encoder_channels=tuple(ae.encoder_channels),
                                       decoder_channels=tuple(ae.decoder_channels),

@@ -86,7 +86,8 @@ def test_train_world_model_refuses_a_bad_base_model(tmp_path):
     (tmp_path / "model" / "autoencoder").mkdir(parents=True)
     common = [f"out_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}"]
     with initialize_config_module(config_module="configs", version_base=None):
-        with pytest.raises(FileNotFoundError, match=r"is not a trained world model: .*autoencoder/config.json is missing"):
+        with pytest.raises(FileNotFoundError,
+                           match=r"is not a trained world model: .*autoencoder/config.json is missing"):
             train_world_model(compose(config_name="train_world_model",
                                       overrides=[*common, f"base_model={tmp_path / 'model'}"]))
         with pytest.raises(ValueError, match="set reencoder.steps > 0"):

@@ -718,10 +718,6 @@ def train_reencoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
     scale = latent_std(encoded["latents"])
     downsample = autoencoder.downsample
     sampler = torch.Generator().manual_seed(config.seed + stage.step)
-
-    def student(images: torch.Tensor) -> torch.Tensor:
-        return reencoder(images * 2 - 1)
-
     if validation is None:
         evaluate = dict
     else:
@@ -733,7 +729,7 @@ def train_reencoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         @torch.no_grad()
         def evaluate() -> dict[str, float]:
             reencoder.eval()
-            latents = student(val_frames)
+            latents = autoencoder.reencode(val_frames)
             reencoder.train()
             return {"val_latent_error": float((latents - val_target).abs().mean() / scale),
                     "val_psnr_vs_encoder": float(psnr(autoencoder.decode(latents),
@@ -748,7 +744,7 @@ def train_reencoder(autoencoder: TinyAutoencoder, generator: TinyGenerator, clip
         with torch.no_grad():
             images = autoencoder.decode(_generated_and_noised(generator, conditioning, latents, scale, sampler))
             target = autoencoder.encode(images)
-        losses = {"l1": (student(images) - target).abs().mean() / scale}
+        losses = {"l1": (autoencoder.reencode(images) - target).abs().mean() / scale}
         optimizer.zero_grad(set_to_none=True)
         losses["l1"].backward()
         torch.nn.utils.clip_grad_norm_(reencoder.parameters(), 1.0)

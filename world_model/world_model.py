@@ -11,8 +11,9 @@ frames for new poses, a chunk of ``chunk_length`` poses at a time:
 3. decode the frames and estimate their depth (the backbone's depth head by default; given
    ground-truth depth or a transformers depth model instead, see ``depth``);
 4. encode the decoded frames again (the backbone's ``reencode``, which may be a cheaper encoder)
-   and mix those latents into the generated ones (weight ``reencode``): what the memory and the context keep is then, in part, the encoding of the
-   frames shown rather than only the generator's raw output;
+   and mix those latents into the generated ones (weight ``reencode``): what the memory and the
+   context keep is then, in part, the encoding of the frames shown rather than only the
+   generator's raw output;
 5. filter (the caller's dynamic mask, sky / invalid depth, low confidence: the memory drops
    those tokens) and write the chunk back into the memory;
 6. its last frames become the next chunk's context.
@@ -116,7 +117,8 @@ class WorldModel:
         if self.config.memory == "latent" and num_envs * caches_per_env > MAX_CACHES:
             why = " with an anchor (each keeps its start frames in a cache of their own)" if self.anchored else ""
             raise ValueError(f"one latent-cache world model renders at most {MAX_CACHES // caches_per_env} "
-                             f"environments{why}, got {num_envs}; split them over several world models (several vector envs)"
+                             f"environments{why}, got {num_envs}; split them over several world models "
+                             f"(several vector envs)"
                              + (" or set anchor=0 (the env's world_model_anchor=0)" if self.anchored else ""))
         self.memory = self._new_memory(num_envs * caches_per_env)
         self.context: torch.Tensor | None = None  # (num_envs, N, C, h, w) latest generated latents
